@@ -1,0 +1,121 @@
+"""``python -m pipeline generate ...``: one video from a portrait and a speech recording, no server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.audio import decode_audio
+from pipeline.components import LoraSpec, load_components
+from pipeline.conditioning import load_image
+from pipeline.errors import InputError, PipelineError, SizeError
+from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline, Progress
+from pipeline.presets import NEGATIVE_PROMPT, PRESETS
+
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)")
+
+logger = logging.getLogger("pipeline")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"720x720"`` or the API's ``"960x540 (16:9)"`` → (width, height)."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise SizeError(f"--size must look like WIDTHxHEIGHT (e.g. 720x720), got {text!r}")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width < 16 or height < 16 or width % 2 or height % 2:
+        raise SizeError(f"--size {width}x{height}: width and height must be even and at least 16")
+    return width, height
+
+
+def parse_lora(text: str) -> LoraSpec:
+    """``PATH`` or ``PATH:SCALE``."""
+    path, _, scale = text.rpartition(":") if ":" in text else (text, "", "1.0")
+    try:
+        return LoraSpec(Path(path), float(scale))
+    except ValueError:
+        raise InputError(f"--lora {text!r}: scale {scale!r} is not a number") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="generate one talking video")
+    gen.add_argument("--image", required=True, type=Path, help="portrait image (png, jpg, webp ...)")
+    gen.add_argument("--audio", required=True, type=Path, help="speech (wav, mp3, m4a, ogg, flac ...)")
+    gen.add_argument("--prompt", default="a person is talking", help="what the video shows")
+    gen.add_argument("--negative-prompt", default=NEGATIVE_PROMPT)
+    gen.add_argument("--size", default="720x720", help="output WIDTHxHEIGHT (default 720x720)")
+    gen.add_argument("--frames", type=int, default=125, help="output frames at 25 fps (default 125 = 5 s)")
+    gen.add_argument("--steps", type=int, default=7)
+    gen.add_argument("--shift", type=float, default=11.0)
+    gen.add_argument("--cfg", type=float, default=1.0, help="guidance scale; 1 = one model pass per step")
+    gen.add_argument("--seed", type=int, default=96860978)
+    gen.add_argument("--color-correction", type=float, default=1.0, help="0 disables, 1 = full strength")
+    gen.add_argument("--out", required=True, type=Path, help="output .mp4 path")
+    source = gen.add_mutually_exclusive_group()
+    source.add_argument("--weights", type=Path, help="weights directory (see README: 'Real weights')")
+    source.add_argument("--preset", choices=sorted(PRESETS), help="model preset; tiny needs no weights")
+    gen.add_argument("--lora", action="append", default=[], type=str, help="PATH[:SCALE], repeatable")
+    gen.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    return parser
+
+
+def generate(args: argparse.Namespace) -> Path:
+    width, height = parse_size(args.size)
+    loras = [parse_lora(text) for text in args.lora]
+    image = load_image(args.image)
+    speech = decode_audio(args.audio)
+    preset = args.preset or ("infinitetalk-14b" if args.weights else "tiny")
+    started = time.perf_counter()
+    components = load_components(preset, weights_dir=args.weights, device=args.device, loras=loras)
+    load_seconds = time.perf_counter() - started
+    pipe = InfiniteTalkPipeline(components)
+    request = GenerationRequest(
+        image=image,
+        speech=speech,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        width=width,
+        height=height,
+        frames=args.frames,
+        steps=args.steps,
+        shift=args.shift,
+        cfg=args.cfg,
+        seed=args.seed,
+        color_correction=args.color_correction,
+    )
+    pipe.check_inputs(request)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=None, unit="step", desc="sampling") as bar:
+
+        def on_progress(p: Progress) -> None:
+            bar.total = p.chunks * p.steps
+            bar.set_postfix_str(f"chunk {p.chunk + 1}/{p.chunks}")
+            bar.update(1)
+
+        output = pipe.generate_to_file(request, args.out, progress=on_progress)
+    timings = {"load": load_seconds, **output.timings}
+    summary = ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in timings.items())
+    print(f"wrote {args.out} ({args.frames} frames, {width}x{height}) — {summary}", file=sys.stderr)
+    return args.out
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        generate(args)
+    except PipelineError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,269 @@
+"""InfiniteTalk: portrait + speech → lip-synced video, as numbered steps (MODEL.md §1–§6)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.audio import normalize_loudness, pad_embeddings_to, speech_to_frame_embeddings
+from pipeline.audio import window_audio_embeddings
+from pipeline.color import match_colors
+from pipeline.components import Components
+from pipeline.conditioning import portrait_tensor
+from pipeline.errors import CancelledError, InputError, SizeError
+from pipeline.presets import NEGATIVE_PROMPT
+from pipeline.schedule import apply_guidance, euler_step, flow_matching_sigmas, model_timestep
+from pipeline.streaming import (
+    CHUNK_FRAMES,
+    FPS,
+    MOTION_FRAMES,
+    PATCH_SPATIAL,
+    VAE_SPATIAL_STRIDE,
+    covered_frames,
+    latent_frames,
+    plan_chunks,
+)
+from pipeline.video import fit_audio, resize_video, to_uint8_frames, write_mp4
+
+logger = logging.getLogger(__name__)
+
+SPEECH_SAMPLE_RATE = 16_000
+_SIZE_MULTIPLE = VAE_SPATIAL_STRIDE * PATCH_SPATIAL
+_MAX_FRAMES = 25 * 60 * 10
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything one generation needs, already decoded; the engine-side twin of the API's input schema."""
+
+    image: Image.Image
+    speech: np.ndarray
+    prompt: str
+    width: int = 720
+    height: int = 720
+    frames: int = 125
+    steps: int = 7
+    shift: float = 11.0
+    cfg: float = 1.0
+    seed: int = 96860978
+    negative_prompt: str = NEGATIVE_PROMPT
+    color_correction: float = 1.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    chunk: int
+    chunks: int
+    step: int
+    steps: int
+    elapsed_seconds: float
+
+    @property
+    def fraction(self) -> float:
+        return (self.chunk * self.steps + self.step) / (self.chunks * self.steps)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        done = self.fraction
+        return None if done <= 0 else self.elapsed_seconds * (1 - done) / done
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class GenerationOutput:
+    """The generated clip (``[3, N, H, W]`` in [−1, 1]), the final latents of each chunk, and stage times."""
+
+    video: torch.Tensor
+    chunk_latents: list[torch.Tensor]
+    working_size: tuple[int, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class StageTimer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _round_to_multiple(value: float) -> int:
+    return max(_SIZE_MULTIPLE, int(round(value / _SIZE_MULTIPLE)) * _SIZE_MULTIPLE)
+
+
+def working_size(width: int, height: int, max_area: int | None) -> tuple[int, int]:
+    """The multiple-of-16 size the model generates at; the output is resized to ``width × height``."""
+    scale = 1.0 if max_area is None else min(1.0, math.sqrt(max_area / (width * height)))
+    return _round_to_multiple(width * scale), _round_to_multiple(height * scale)
+
+
+class InfiniteTalkPipeline:
+    """Runs the streaming InfiniteTalk sampler on loaded components (see ``pipeline.components``)."""
+
+    def __init__(self, components: Components) -> None:
+        self.components = components
+
+    @property
+    def device(self) -> torch.device:
+        return self.components.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.components.dtype
+
+    def check_inputs(self, request: GenerationRequest) -> None:
+        if not request.prompt or not request.prompt.strip():
+            raise InputError("prompt must not be empty")
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if not isinstance(value, int) or value < _SIZE_MULTIPLE or value % 2:
+                raise SizeError(f"{name} must be an even integer ≥ {_SIZE_MULTIPLE}, got {value!r}")
+        if not 1 <= request.frames <= _MAX_FRAMES:
+            raise InputError(f"frames must be between 1 and {_MAX_FRAMES}, got {request.frames}")
+        if request.steps < 1:
+            raise InputError(f"steps must be at least 1, got {request.steps}")
+        if request.shift <= 0:
+            raise InputError(f"shift must be positive, got {request.shift}")
+        if request.cfg <= 0:
+            raise InputError(f"cfg must be positive, got {request.cfg}")
+        if request.speech.ndim != 1 or request.speech.size == 0:
+            raise InputError("speech must be a non-empty mono waveform")
+
+    # -- stages the server can also run on their own ---------------------------------------------------
+
+    def encode_speech(self, speech: np.ndarray, frames: int) -> torch.Tensor:
+        """16 kHz mono speech → ``[frames, 12, C]`` embeddings, the speech fitted to ``frames`` of video."""
+        fitted = fit_audio(speech.astype(np.float32), SPEECH_SAMPLE_RATE, frames)
+        normalized = normalize_loudness(fitted, SPEECH_SAMPLE_RATE)
+        return speech_to_frame_embeddings(self.components.audio_encoder, normalized, frames)
+
+    # -- the whole generation -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        request: GenerationRequest,
+        audio_embeddings: torch.Tensor | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> GenerationOutput:
+        self.check_inputs(request)
+        parts = self.components
+        timer = StageTimer()
+        width, height = working_size(request.width, request.height, parts.preset.max_working_area)
+        chunks = plan_chunks(request.frames)
+
+        # 1. Speech → per-frame wav2vec2 embeddings → 5-frame windows covering every chunk.
+        with timer("audio_encode"):
+            if audio_embeddings is None:
+                audio_embeddings = self.encode_speech(request.speech, request.frames)
+            audio = pad_embeddings_to(audio_embeddings.float(), covered_frames(request.frames))
+            audio_windows = window_audio_embeddings(audio).to(self.device, self.dtype)
+
+        # 2. Prompt (and the negative prompt when guidance needs a second pass) → umT5 embeddings (cached).
+        guided = request.cfg != 1.0
+        with timer("text_encode"):
+            prompts = [request.prompt, request.negative_prompt] if guided else [request.prompt]
+            text = parts.text_encoder.encode(prompts).to(self.dtype)
+
+        # 3. Portrait → pixels at the working size, CLIP tokens, the 20-channel ``y`` and its clean latent.
+        with timer("image_encode"):
+            portrait = portrait_tensor(request.image, width, height).to(self.device)
+            clip_tokens = parts.image_encoder(portrait.to(self.dtype))
+            y = parts.vae.image_condition(portrait.to(parts.vae_dtype), CHUNK_FRAMES).to(self.dtype)
+            first_latent = y[:, -parts.latent_channels :, :1]
+
+        # 4. Chunk by chunk: denoise, decode, re-encode the last 9 frames as the next chunk's motion frames.
+        batch = len(prompts)
+        clip_batch = clip_tokens.expand(batch, -1, -1)
+        y_batch = y.expand(batch, -1, -1, -1, -1)
+        sigmas = flow_matching_sigmas(request.steps, request.shift).tolist()
+        generator = torch.Generator("cpu").manual_seed(request.seed % 2**63)
+        latent_shape = (
+            1,
+            parts.latent_channels,
+            latent_frames(CHUNK_FRAMES),
+            height // VAE_SPATIAL_STRIDE,
+            width // VAE_SPATIAL_STRIDE,
+        )
+        clean = first_latent
+        pieces: list[torch.Tensor] = []
+        chunk_latents: list[torch.Tensor] = []
+        started = time.perf_counter()
+        for chunk in chunks:
+            with timer("sampling"):
+                noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
+                latent = noise.to(self.device, self.dtype)
+                clean_frames = clean.shape[2]
+                latent[:, :, :clean_frames] = clean
+                chunk_audio = audio_windows[chunk.start : chunk.end].unsqueeze(0).expand(batch, -1, -1, -1, -1)
+                for step in range(request.steps):
+                    sigma, sigma_next = sigmas[step], sigmas[step + 1]
+                    model_input = torch.cat([latent.expand(batch, -1, -1, -1, -1), y_batch], dim=1)
+                    timestep = torch.full((batch,), model_timestep(sigma), device=self.device)
+                    velocity = parts.transformer(
+                        hidden_states=model_input,
+                        timestep=timestep,
+                        encoder_hidden_states=text,
+                        encoder_hidden_states_image=clip_batch,
+                        audio_embeds=chunk_audio,
+                    )
+                    latent = euler_step(latent, apply_guidance(velocity, request.cfg), sigma, sigma_next)
+                    latent[:, :, :clean_frames] = clean
+                    if progress is not None:
+                        progress(
+                            Progress(chunk.index, len(chunks), step + 1, request.steps, time.perf_counter() - started)
+                        )
+            chunk_latents.append(latent.float().cpu())
+            with timer("vae_decode"):
+                decoded = parts.vae.decode(latent.to(parts.vae_dtype))[0].float()
+                decoded = match_colors(decoded, portrait[0].float(), request.color_correction)
+                pieces.append(decoded[:, chunk.keep_from :].cpu())
+                if chunk.index + 1 < len(chunks):
+                    motion = decoded[:, -MOTION_FRAMES:].unsqueeze(0).to(parts.vae_dtype)
+                    clean = parts.vae.encode(motion).to(self.dtype)
+
+        video = torch.cat(pieces, dim=1)[:, : request.frames]
+        video = resize_video(video, request.width, request.height)
+        return GenerationOutput(video, chunk_latents, (width, height), timer.seconds)
+
+    def generate_to_file(
+        self,
+        request: GenerationRequest,
+        out_path: str | Path,
+        audio_track: tuple[np.ndarray, int] | None = None,
+        audio_embeddings: torch.Tensor | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> GenerationOutput:
+        """Generate and mux an MP4 whose audio is ``audio_track`` (default: the 16 kHz speech) fitted to N/25 s."""
+        output = self.generate(request, audio_embeddings=audio_embeddings, progress=progress)
+        samples, rate = audio_track if audio_track is not None else (request.speech, SPEECH_SAMPLE_RATE)
+        start = time.perf_counter()
+        write_mp4(out_path, to_uint8_frames(output.video), fit_audio(samples, rate, request.frames), rate, FPS)
+        output.timings["mux"] = time.perf_counter() - start
+        return output
+
+
+def raise_if_cancelled(should_stop: Callable[[], bool]) -> ProgressCallback:
+    """A progress callback that aborts the generation between steps once ``should_stop()`` is true."""
+
+    def check(_: Progress) -> None:
+        if should_stop():
+            raise CancelledError("generation cancelled")
+
+    return check
