@@ -1,0 +1,1 @@
+"""Ray Serve application: ingress, deployments, jobs, storage, auth, metrics."""
