@@ -14,8 +14,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.audio import normalize_loudness, pad_embeddings_to, speech_to_frame_embeddings
-from pipeline.audio import window_audio_embeddings
+from pipeline.audio import (
+    InfiniteTalkWav2Vec2,
+    normalize_loudness,
+    pad_embeddings_to,
+    speech_to_frame_embeddings,
+    window_audio_embeddings,
+)
 from pipeline.color import match_colors
 from pipeline.components import Components
 from pipeline.conditioning import portrait_tensor
@@ -104,7 +109,19 @@ class StageTimer:
 
 
 def _round_to_multiple(value: float) -> int:
-    return max(_SIZE_MULTIPLE, int(round(value / _SIZE_MULTIPLE)) * _SIZE_MULTIPLE)
+    return max(_SIZE_MULTIPLE, round(value / _SIZE_MULTIPLE) * _SIZE_MULTIPLE)
+
+
+def encode_speech(encoder: InfiniteTalkWav2Vec2 | None, speech: np.ndarray, frames: int) -> torch.Tensor:
+    """16 kHz mono speech → ``[frames, 12, C]`` embeddings, the speech fitted to ``frames`` of video first.
+
+    A module function so the server's audio-encoder deployment runs exactly this on its own replicas.
+    """
+    if encoder is None:
+        raise InputError("this pipeline was loaded without an audio encoder; pass audio_embeddings")
+    fitted = fit_audio(speech.astype(np.float32), SPEECH_SAMPLE_RATE, frames)
+    normalized = normalize_loudness(fitted, SPEECH_SAMPLE_RATE)
+    return speech_to_frame_embeddings(encoder, normalized, frames)
 
 
 def working_size(width: int, height: int, max_area: int | None) -> tuple[int, int]:
@@ -145,14 +162,6 @@ class InfiniteTalkPipeline:
         if request.speech.ndim != 1 or request.speech.size == 0:
             raise InputError("speech must be a non-empty mono waveform")
 
-    # -- stages the server can also run on their own ---------------------------------------------------
-
-    def encode_speech(self, speech: np.ndarray, frames: int) -> torch.Tensor:
-        """16 kHz mono speech → ``[frames, 12, C]`` embeddings, the speech fitted to ``frames`` of video."""
-        fitted = fit_audio(speech.astype(np.float32), SPEECH_SAMPLE_RATE, frames)
-        normalized = normalize_loudness(fitted, SPEECH_SAMPLE_RATE)
-        return speech_to_frame_embeddings(self.components.audio_encoder, normalized, frames)
-
     # -- the whole generation -------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -171,7 +180,7 @@ class InfiniteTalkPipeline:
         # 1. Speech → per-frame wav2vec2 embeddings → 5-frame windows covering every chunk.
         with timer("audio_encode"):
             if audio_embeddings is None:
-                audio_embeddings = self.encode_speech(request.speech, request.frames)
+                audio_embeddings = encode_speech(parts.audio_encoder, request.speech, request.frames)
             audio = pad_embeddings_to(audio_embeddings.float(), covered_frames(request.frames))
             audio_windows = window_audio_embeddings(audio).to(self.device, self.dtype)
 
@@ -211,7 +220,9 @@ class InfiniteTalkPipeline:
                 latent = noise.to(self.device, self.dtype)
                 clean_frames = clean.shape[2]
                 latent[:, :, :clean_frames] = clean
-                chunk_audio = audio_windows[chunk.start : chunk.end].unsqueeze(0).expand(batch, -1, -1, -1, -1)
+                chunk_audio = (
+                    audio_windows[chunk.start : chunk.end].unsqueeze(0).expand(batch, -1, -1, -1, -1)
+                )
                 for step in range(request.steps):
                     sigma, sigma_next = sigmas[step], sigmas[step + 1]
                     model_input = torch.cat([latent.expand(batch, -1, -1, -1, -1), y_batch], dim=1)
@@ -227,7 +238,13 @@ class InfiniteTalkPipeline:
                     latent[:, :, :clean_frames] = clean
                     if progress is not None:
                         progress(
-                            Progress(chunk.index, len(chunks), step + 1, request.steps, time.perf_counter() - started)
+                            Progress(
+                                chunk.index,
+                                len(chunks),
+                                step + 1,
+                                request.steps,
+                                time.perf_counter() - started,
+                            )
                         )
             chunk_latents.append(latent.float().cpu())
             with timer("vae_decode"):
@@ -246,15 +263,14 @@ class InfiniteTalkPipeline:
         self,
         request: GenerationRequest,
         out_path: str | Path,
-        audio_track: tuple[np.ndarray, int] | None = None,
         audio_embeddings: torch.Tensor | None = None,
         progress: ProgressCallback | None = None,
     ) -> GenerationOutput:
-        """Generate and mux an MP4 whose audio is ``audio_track`` (default: the 16 kHz speech) fitted to N/25 s."""
+        """Generate and mux an MP4 whose audio track is the speech, trimmed or padded to N/25 s."""
         output = self.generate(request, audio_embeddings=audio_embeddings, progress=progress)
-        samples, rate = audio_track if audio_track is not None else (request.speech, SPEECH_SAMPLE_RATE)
         start = time.perf_counter()
-        write_mp4(out_path, to_uint8_frames(output.video), fit_audio(samples, rate, request.frames), rate, FPS)
+        speech = fit_audio(request.speech, SPEECH_SAMPLE_RATE, request.frames)
+        write_mp4(out_path, to_uint8_frames(output.video), speech, SPEECH_SAMPLE_RATE, FPS)
         output.timings["mux"] = time.perf_counter() - start
         return output
 

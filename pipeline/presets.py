@@ -1,8 +1,9 @@
 """Model presets: the real InfiniteTalk-14B sizes and a tiny one for tests, CI and the local demo.
 
 A preset only holds constructor arguments. ``tiny`` keeps every stage and the data flow of the real model
-(12 wav2vec2 layers, 5-frame audio windows, 32 audio tokens per latent frame, 16 latent channels, the 20-channel
-``y``, patch (1, 2, 2), VAE stride (4, 8, 8)) and shrinks widths and depths so a whole job runs on 2 CPU cores.
+(12 wav2vec2 layers, 5-frame audio windows, 32 audio tokens per latent frame, 16 latent channels, the
+20-channel ``y``, patch (1, 2, 2), VAE stride (4, 8, 8)) and shrinks widths and depths so a whole job runs
+on 2 CPU cores.
 It also works at a reduced internal resolution (``max_working_area``); the output is still resized to the
 exact requested size, the same code path 960×540 takes on the real model.
 """

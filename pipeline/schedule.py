@@ -35,7 +35,7 @@ def euler_step(latent: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma
 
 
 def apply_guidance(velocity: torch.Tensor, cfg: float) -> torch.Tensor:
-    """Combine a ``[cond, negative]`` batch of 2 as ``v_neg + cfg·(v_cond − v_neg)``; a batch of 1 is cond only."""
+    """Combine a ``[cond, negative]`` batch as ``v_neg + cfg·(v_cond − v_neg)``; a batch of 1 is cond only."""
     if velocity.shape[0] == 1:
         return velocity
     cond, negative = velocity.chunk(2)

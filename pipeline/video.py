@@ -28,7 +28,9 @@ def resize_video(video: torch.Tensor, width: int, height: int) -> torch.Tensor:
     if video.shape[-2:] == (height, width):
         return video
     frames = video.permute(1, 0, 2, 3).float()
-    resized = F.interpolate(frames, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    resized = F.interpolate(
+        frames, size=(height, width), mode="bilinear", align_corners=False, antialias=True
+    )
     return resized.permute(1, 0, 2, 3).to(video.dtype)
 
 

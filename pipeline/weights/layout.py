@@ -72,7 +72,9 @@ def discover(root: Path) -> WeightPaths:
     elif (root / WAN_DIFFUSERS).is_dir():
         wan_dir, layout = root / WAN_DIFFUSERS, "diffusers"
     else:
-        raise WeightsError(f"{root}: neither {WAN_ORIGINAL}/ nor {WAN_DIFFUSERS}/ found (the Wan2.1 I2V weights)")
+        raise WeightsError(
+            f"{root}: neither {WAN_ORIGINAL}/ nor {WAN_DIFFUSERS}/ found (the Wan2.1 I2V weights)"
+        )
     names = _ORIGINAL_FILES if layout == "original" else _DIFFUSERS_FOLDERS
     parts = {key: _require(wan_dir / name, key) for key, name in names.items()}
     return WeightPaths(

@@ -18,5 +18,7 @@ def test_match_pulls_statistics_to_reference_and_strength_zero_is_identity():
     ref_lab = rgb_to_lab(((reference.permute(1, 2, 0) + 1) / 2).double()).reshape(-1, 3)
     out_lab = rgb_to_lab(((corrected.permute(1, 2, 3, 0) + 1) / 2).double()).reshape(-1, 3)
     before = rgb_to_lab(((drifted.permute(1, 2, 3, 0) + 1) / 2).double()).reshape(-1, 3)
-    assert (out_lab.mean(0) - ref_lab.mean(0)).abs().max() < (before.mean(0) - ref_lab.mean(0)).abs().max() / 4
+    assert (out_lab.mean(0) - ref_lab.mean(0)).abs().max() < (
+        before.mean(0) - ref_lab.mean(0)
+    ).abs().max() / 4
     assert torch.equal(match_colors(drifted, reference, strength=0.0), drifted)

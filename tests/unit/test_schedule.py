@@ -1,3 +1,5 @@
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -34,7 +36,7 @@ def test_euler_recovers_clean_sample_with_exact_velocity():
     noise = torch.randn(2, 3)
     sigmas = flow_matching_sigmas(7, 11.0).tolist()
     latent = noise.clone()
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+    for sigma, sigma_next in pairwise(sigmas):
         latent = euler_step(latent, noise - x0, sigma, sigma_next)
     assert torch.allclose(latent, x0, atol=1e-5)
 

@@ -3,14 +3,21 @@ import pytest
 from pipeline.streaming import MOTION_LATENT_FRAMES, chunk_count, covered_frames, latent_frames, plan_chunks
 
 
-@pytest.mark.parametrize(("frames", "chunks"), [(1, 1), (81, 1), (82, 2), (125, 2), (153, 2), (154, 3), (250, 4)])
+@pytest.mark.parametrize(
+    ("frames", "chunks"), [(1, 1), (81, 1), (82, 2), (125, 2), (153, 2), (154, 3), (250, 4)]
+)
 def test_chunk_count(frames, chunks):
     assert chunk_count(frames) == chunks
 
 
 def test_chunks_overlap_by_nine_motion_frames_and_cover_the_request():
     chunks = plan_chunks(250)
-    assert [(c.start, c.end, c.keep_from) for c in chunks] == [(0, 81, 0), (72, 153, 9), (144, 225, 9), (216, 297, 9)]
+    assert [(c.start, c.end, c.keep_from) for c in chunks] == [
+        (0, 81, 0),
+        (72, 153, 9),
+        (144, 225, 9),
+        (216, 297, 9),
+    ]
     new_frames = sum(81 - c.keep_from for c in chunks)
     assert new_frames == covered_frames(250) == 297 >= 250
 

@@ -1,0 +1,171 @@
+"""Build or load every model of a preset onto one device: the DiT, VAE, CLIP, umT5 (+ tokenizer), wav2vec2."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pipeline.audio import InfiniteTalkWav2Vec2
+from pipeline.conditioning import ClipImageEncoder, TextEncoder, WanVAE, build_tiny_tokenizer, load_tokenizer
+from pipeline.errors import InputError, WeightsError
+from pipeline.models import InfiniteTalkTransformer3DModel
+from pipeline.presets import Preset, get_preset
+from pipeline.weights import clip, dit, t5, vae, wav2vec2
+from pipeline.weights.layout import discover
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    path: Path
+    scale: float = 1.0
+
+
+@dataclass
+class Components:
+    preset: Preset
+    device: torch.device
+    dtype: torch.dtype
+    transformer: InfiniteTalkTransformer3DModel
+    vae: WanVAE
+    text_encoder: TextEncoder
+    image_encoder: ClipImageEncoder
+    audio_encoder: InfiniteTalkWav2Vec2 | None
+    identities: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return self.vae.dtype
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.latent_channels
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPU (the 14B model's native precision), fp32 on CPU (bf16 matmuls are slow there)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_components(
+    preset_name: str,
+    *,
+    weights_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    loras: list[LoraSpec] | tuple[LoraSpec, ...] = (),
+    with_audio_encoder: bool = True,
+) -> Components:
+    """The tiny preset builds random weights from its fixed seed; the 14B preset loads ``weights_dir``."""
+    preset = get_preset(preset_name)
+    device = resolve_device(device)
+    dtype = dtype or default_dtype(device)
+    if preset.needs_weights:
+        if weights_dir is None:
+            raise WeightsError(f"preset {preset.name!r} needs a weights directory (--weights DIR)")
+        return _load(preset, Path(weights_dir), device, dtype, loras, with_audio_encoder)
+    if weights_dir is not None:
+        raise InputError(f"preset {preset.name!r} uses random weights; it takes no weights directory")
+    if loras:
+        raise InputError(f"preset {preset.name!r} uses random weights; LoRAs apply to real weights only")
+    return _build(preset, device, dtype, with_audio_encoder)
+
+
+def _build(preset: Preset, device: torch.device, dtype: torch.dtype, with_audio: bool) -> Components:
+    seed = preset.random_seed
+    text = TextEncoder(
+        t5.build_text_encoder(preset.text_encoder, seed).to(device, dtype),
+        build_tiny_tokenizer(preset.text_encoder["vocab_size"]),
+        max_tokens=preset.text_max_tokens,
+    )
+    return Components(
+        preset=preset,
+        device=device,
+        dtype=dtype,
+        transformer=dit.build_transformer(preset.transformer, seed).to(device, dtype),
+        vae=vae.build_vae(preset.vae, seed).to(device, dtype),
+        text_encoder=text,
+        image_encoder=clip.build_image_encoder(preset.image_encoder, seed).to(device, dtype),
+        audio_encoder=wav2vec2.build_audio_encoder(preset.audio_encoder, seed).to(device, dtype)
+        if with_audio
+        else None,
+        identities={"preset": f"{preset.name} (random weights, seed {seed})"},
+    )
+
+
+def _load(
+    preset: Preset,
+    root: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    loras: list[LoraSpec] | tuple[LoraSpec, ...],
+    with_audio: bool,
+) -> Components:
+    paths = discover(root)
+    for lora in loras:
+        if not lora.path.is_file():
+            raise WeightsError(f"{lora.path}: LoRA file does not exist")
+    logger.info(
+        "loading %s from %s (%s layout) onto %s as %s", preset.name, root, paths.wan_layout, device, dtype
+    )
+    transformer = dit.load_transformer(
+        paths.wan_dir,
+        paths.infinitetalk,
+        config=preset.transformer,
+        device=device,
+        dtype=dtype,
+        loras=[(lora.path, lora.scale) for lora in loras],
+    )
+    text = TextEncoder(
+        t5.load_text_encoder(paths.t5, config=preset.text_encoder, device=device, dtype=dtype),
+        load_tokenizer(paths.tokenizer),
+        max_tokens=preset.text_max_tokens,
+    )
+    identities = paths.identities()
+    identities["loras"] = ", ".join(f"{lora.path.name}@{lora.scale}" for lora in loras) or "none"
+    return Components(
+        preset=preset,
+        device=device,
+        dtype=dtype,
+        transformer=transformer,
+        vae=vae.load_vae(paths.vae, config=preset.vae, device=device, dtype=dtype),
+        text_encoder=text,
+        image_encoder=clip.load_image_encoder(
+            paths.clip, config=preset.image_encoder, device=device, dtype=dtype
+        ),
+        audio_encoder=wav2vec2.load_audio_encoder(paths.wav2vec2, device=device, dtype=dtype)
+        if with_audio
+        else None,
+        identities=identities,
+    )
+
+
+def load_speech_encoder(
+    preset_name: str,
+    *,
+    weights_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> InfiniteTalkWav2Vec2:
+    """Only the wav2vec2 encoder, for a process that runs the audio stage alone (the AudioEncoder)."""
+    preset = get_preset(preset_name)
+    device = resolve_device(device)
+    dtype = dtype or default_dtype(device)
+    if not preset.needs_weights:
+        return wav2vec2.build_audio_encoder(preset.audio_encoder, preset.random_seed).to(device, dtype)
+    if weights_dir is None:
+        raise WeightsError(f"preset {preset.name!r} needs a weights directory (--weights DIR)")
+    return wav2vec2.load_audio_encoder(discover(Path(weights_dir)).wav2vec2, device=device, dtype=dtype)

@@ -1,0 +1,327 @@
+"""The HTTP API of API.md. Route functions only route: the job store, storage and resolver do the work.
+
+Built per ingress replica by ``create_api(context)`` (``Ingress.__serve_build_asgi_app__``), and by tests
+with a fake sampler, so every endpoint is testable without Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import anyio
+import redis
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from serve.api.errors import (
+    ApiError,
+    BodySizeLimit,
+    Conflict,
+    Gone,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    QueueFull,
+    ValidationFailed,
+    error_responses,
+    install_error_handlers,
+)
+from serve.api.schemas import (
+    FileUploadResponse,
+    ResultResponse,
+    StatusResponse,
+    SubmitRequest,
+    SubmitResponse,
+    input_json_schema,
+    output_json_schema,
+)
+from serve.auth import Authenticator, install_authenticator, require_tenant
+from serve.config import AppConfig
+from serve.inputs.probe import probe_audio, probe_image
+from serve.inputs.references import InputKind, InputResolver, new_file_id
+from serve.jobs import CancelConflict, IdempotencyConflict, JobRecord, JobStatus, JobStore
+from serve.jobs import QueueFull as StoreQueueFull
+from serve.jobs.dispatch import Dispatcher
+from serve.metrics import JobMetricsCollector, MetricsRecorder
+from serve.storage import LocalStorage, Storage, input_key, upload_key
+
+logger = logging.getLogger(__name__)
+
+MODEL_PATH = "/v1/models/community/infinite-talk/image-to-video"
+RETRY_AFTER_QUEUE_FULL_SECONDS = 30
+RETRY_AFTER_NOT_READY_SECONDS = 5
+UPLOAD_TTL_SECONDS = 24 * 3600
+# Largest JSON body: two data: URIs at the byte caps, base64-inflated, plus slack.
+_BODY_SLACK_BYTES = 64 * 1024
+
+Tenant = Annotated[str, Depends(require_tenant)]
+
+
+@dataclass
+class ApiContext:
+    config: AppConfig
+    store: JobStore
+    storage: Storage
+    dispatcher: Dispatcher
+    resolver: InputResolver
+    authenticator: Authenticator
+    metrics: MetricsRecorder
+    is_ready: Callable[[], bool] = lambda: True
+
+
+def create_api(context: ApiContext) -> FastAPI:
+    api = FastAPI(
+        title="InfiniteTalk",
+        version="0.1.0",
+        description="Portrait + speech → lip-synced talking video. RunComfy-compatible asynchronous jobs.",
+    )
+    install_error_handlers(api)
+    install_authenticator(api, context.authenticator)
+    fetch = context.config.fetch
+    body_limit = 2 * max(fetch.max_image_bytes, fetch.max_audio_bytes) * 4 // 3 + _BODY_SLACK_BYTES
+    api.add_middleware(BodySizeLimit, max_bytes=body_limit)
+    api.add_exception_handler(redis.RedisError, _store_unavailable)
+    registry = CollectorRegistry()
+    registry.register(JobMetricsCollector(context.store, context.metrics))
+    store, storage = context.store, context.storage
+    url_ttl = context.config.storage.url_ttl_seconds
+
+    def urls(request: Request, request_id: str) -> dict[str, str]:
+        base = _base_url(context.config, request)
+        return {
+            "status_url": f"{base}/v1/requests/{request_id}/status",
+            "result_url": f"{base}/v1/requests/{request_id}/result",
+            "cancel_url": f"{base}/v1/requests/{request_id}/cancel",
+        }
+
+    def owned_record(request_id: str, tenant: str) -> JobRecord:
+        record = store.get(request_id, tenant)
+        if record is None:
+            if store.is_gone(request_id, tenant):
+                raise Gone(f"Request {request_id} has expired and its result was deleted.")
+            raise NotFound(f"No request {request_id}.")
+        if record.is_expired(time.time()):
+            raise Gone(f"Request {request_id} has expired and its result was deleted.")
+        return record
+
+    def position(record: JobRecord) -> int | None:
+        return store.queue_position(record.request_id) if record.status is JobStatus.IN_QUEUE else None
+
+    @api.post(
+        MODEL_PATH,
+        status_code=202,
+        response_model=SubmitResponse,
+        responses=error_responses(400, 401, 409, 413, 415, 422, 429, 503),
+        summary="Submit a job",
+    )
+    async def submit(
+        body: SubmitRequest,
+        request: Request,
+        tenant: Tenant,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> JSONResponse:
+        if not context.is_ready():
+            raise NotReady(retry_after=RETRY_AFTER_NOT_READY_SECONDS)
+        params = body.to_generation_params()
+        body_hash = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()
+        if idempotency_key:
+            existing = await anyio.to_thread.run_sync(
+                store.lookup_idempotent, tenant, idempotency_key, body_hash
+            )
+            if existing is not None:
+                return _accepted(existing.request_id, urls(request, existing.request_id))
+        if await anyio.to_thread.run_sync(store.queued_count) >= context.config.queue.max_queued:
+            raise QueueFull(retry_after=RETRY_AFTER_QUEUE_FULL_SECONDS)
+
+        started = time.perf_counter()
+        image, audio = await asyncio.gather(
+            _checked_input(context, params.image_ref, InputKind.IMAGE, tenant),
+            _checked_input(context, params.audio_ref, InputKind.AUDIO, tenant),
+        )
+        request_id = uuid.uuid4().hex
+        inputs = {
+            "image": input_key(tenant, request_id, "image"),
+            "audio": input_key(tenant, request_id, "audio"),
+        }
+        await anyio.to_thread.run_sync(storage.put_bytes, inputs["image"], image, "application/octet-stream")
+        await anyio.to_thread.run_sync(storage.put_bytes, inputs["audio"], audio, "application/octet-stream")
+        record = JobRecord(
+            request_id=request_id,
+            tenant=tenant,
+            params=params.to_dict(),
+            inputs=inputs,
+            timings={"fetch_inputs": time.perf_counter() - started},
+        )
+        record, created = await anyio.to_thread.run_sync(_create, context, record, idempotency_key, body_hash)
+        if created:
+            await anyio.to_thread.run_sync(context.dispatcher.publish, request_id)
+            await anyio.to_thread.run_sync(context.metrics.count, "jobs_submitted")
+        return _accepted(record.request_id, urls(request, record.request_id))
+
+    @api.get(
+        "/v1/requests/{request_id}/status",
+        response_model=StatusResponse,
+        response_model_exclude_none=True,
+        responses=error_responses(401, 404, 410),
+        summary="Status of a job",
+    )
+    def status(request_id: str, tenant: Tenant) -> StatusResponse:
+        record = owned_record(request_id, tenant)
+        return StatusResponse.from_record(record, queue_position=position(record))
+
+    @api.get(
+        "/v1/requests/{request_id}/result",
+        response_model=ResultResponse,
+        response_model_exclude_none=True,
+        responses=error_responses(401, 404, 410),
+        summary="Result of a job (its current state until completed)",
+    )
+    def result(request_id: str, request: Request, tenant: Tenant) -> ResultResponse:
+        record = owned_record(request_id, tenant)
+        video_url = None
+        if record.status is JobStatus.COMPLETED and record.output:
+            video_url = _absolute(context.config, request, storage.url_for(record.output["video"], url_ttl))
+        return ResultResponse.from_record(record, queue_position=position(record), video_url=video_url)
+
+    @api.post(
+        "/v1/requests/{request_id}/cancel",
+        response_model=StatusResponse,
+        response_model_exclude_none=True,
+        responses=error_responses(401, 404, 409, 410),
+        summary="Cancel a queued job",
+    )
+    def cancel(request_id: str, tenant: Tenant) -> StatusResponse:
+        before = owned_record(request_id, tenant)
+        try:
+            record = store.cancel(request_id, tenant)
+        except CancelConflict as conflict:
+            raise Conflict.not_cancellable(request_id, conflict.record.status.value) from None
+        if before.status is not JobStatus.CANCELLED:
+            context.metrics.record_job_finished(JobStatus.CANCELLED)
+        return StatusResponse.from_record(record)
+
+    @api.get(f"{MODEL_PATH}/schema", summary="Input and output JSON schema (as on the seed page)")
+    def schema() -> dict[str, Any]:
+        return {"input": input_json_schema(), "output": output_json_schema()}
+
+    @api.post(
+        "/v1/files",
+        status_code=201,
+        response_model=FileUploadResponse,
+        responses=error_responses(401, 413, 415, 422),
+        summary="Upload an image or audio file (raw body) to use as an input reference",
+    )
+    async def upload(
+        request: Request,
+        tenant: Tenant,
+        filename: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> FileUploadResponse:
+        data = await request.body()
+        limit = max(fetch.max_image_bytes, fetch.max_audio_bytes)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"The upload is larger than the {limit} byte limit.")
+        if not data:
+            raise ValidationFailed("The upload is empty.", details=[{"field": "body", "message": "empty"}])
+        await anyio.to_thread.run_sync(_probe_any_media, data, fetch.max_audio_seconds)
+        file_id = new_file_id()
+        await anyio.to_thread.run_sync(
+            storage.put_bytes, upload_key(tenant, file_id), data, "application/octet-stream"
+        )
+        now = time.time()
+        return FileUploadResponse(
+            file_id=file_id,
+            filename=filename,
+            size_bytes=len(data),
+            created_at=_utc(now),
+            expires_at=_utc(now + UPLOAD_TTL_SECONDS),
+        )
+
+    @api.get("/v1/outputs/{key:path}", responses=error_responses(404, 410), summary="Download (signed URL)")
+    def download(key: str, expires: str = "", sig: str = "") -> FileResponse:
+        if not isinstance(storage, LocalStorage):
+            raise NotFound()
+        storage.verify_signature(key, expires, sig)
+        return FileResponse(storage.local_path(key), media_type="video/mp4", filename="video.mp4")
+
+    @api.get("/healthz", summary="Readiness: the job store answers and the app is initialised")
+    def healthz() -> JSONResponse:
+        if not context.is_ready() or not store.ping():
+            raise NotReady(retry_after=RETRY_AFTER_NOT_READY_SECONDS)
+        counts = store.counts()
+        return JSONResponse({"status": "ok", "queued": counts[JobStatus.IN_QUEUE]})
+
+    @api.get("/metrics", summary="Prometheus metrics (global job figures, read from Redis)")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return api
+
+
+def _create(
+    context: ApiContext, record: JobRecord, idempotency_key: str | None, body_hash: str
+) -> tuple[JobRecord, bool]:
+    context.dispatcher.mark_pending(record.request_id)
+    try:
+        return context.store.create(record, idempotency_key=idempotency_key, body_hash=body_hash)
+    except IdempotencyConflict as conflict:
+        raise Conflict.idempotency_key_reused(conflict.request_id) from None
+    except StoreQueueFull:
+        raise QueueFull(retry_after=RETRY_AFTER_QUEUE_FULL_SECONDS) from None
+
+
+async def _checked_input(context: ApiContext, reference: str, kind: InputKind, tenant: str) -> bytes:
+    try:
+        resolved = await context.resolver.resolve(reference, kind=kind, tenant=tenant)
+        if kind is InputKind.IMAGE:
+            await anyio.to_thread.run_sync(lambda: probe_image(resolved.data))
+        else:
+            max_seconds = context.config.fetch.max_audio_seconds
+            await anyio.to_thread.run_sync(lambda: probe_audio(resolved.data, max_seconds=max_seconds))
+    except ApiError as error:
+        await anyio.to_thread.run_sync(context.metrics.record_fetch_failure, error.code)
+        raise
+    return resolved.data
+
+
+def _probe_any_media(data: bytes, max_audio_seconds: float) -> None:
+    """An upload must be an image or audio; the image probe's verdict is reported when both refuse."""
+    try:
+        probe_image(data, field="body")
+    except ApiError as image_error:
+        try:
+            probe_audio(data, field="body", max_seconds=max_audio_seconds)
+        except ApiError:
+            raise image_error from None
+
+
+def _accepted(request_id: str, links: dict[str, str]) -> JSONResponse:
+    return JSONResponse(SubmitResponse(request_id=request_id, **links).model_dump(), status_code=202)
+
+
+def _base_url(config: AppConfig, request: Request) -> str:
+    return (config.public_base_url or str(request.base_url)).rstrip("/")
+
+
+def _absolute(config: AppConfig, request: Request, url: str) -> str:
+    return f"{_base_url(config, request)}{url}" if url.startswith("/") else url
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("job store unreachable on %s %s: %s", request.method, request.url.path, exc)
+    return NotReady(
+        "The job store is unreachable; try again shortly.", retry_after=RETRY_AFTER_NOT_READY_SECONDS
+    ).to_response()

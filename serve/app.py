@@ -1,0 +1,55 @@
+"""The Serve application: ``serve.app:build_app`` is the ``import_path`` of every config in configs/.
+
+Three deployments, composed with ``.bind()``: the Ingress (HTTP API, enqueues jobs), the Sampler (a task
+consumer on the job queue; the GPU stage) and the AudioEncoder it calls through a ``DeploymentHandle``.
+The args of the config are validated by ``AppConfig`` (unknown keys are errors) before anything starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import AutoscalingPolicy
+from ray.serve.task_consumer import task_consumer
+
+from serve.config import AppConfig
+from serve.deployments.audio_encoder import AudioEncoder
+from serve.deployments.ingress import Ingress
+from serve.deployments.sampler import Sampler
+from serve.services import ensure_redis
+from serve.tasks import task_processor_config
+
+SAMPLER_POLL_SECONDS = 2.0
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    config = AppConfig.model_validate(args).with_absolute_paths(Path.cwd())
+    redis_url = ensure_redis(config)
+    plain = config.model_dump(mode="json")
+
+    audio_encoder = serve.deployment(AudioEncoder, name="AudioEncoder", max_ongoing_requests=4)
+    sampler_cls = task_consumer(task_processor_config=task_processor_config(redis_url))(Sampler)
+    sampler = serve.deployment(
+        sampler_cls,
+        name="Sampler",
+        max_ongoing_requests=1,
+        graceful_shutdown_timeout_s=config.queue.drain_seconds + 30,
+        autoscaling_config={
+            "min_replicas": 1,
+            "max_replicas": 1,
+            "policy": AutoscalingPolicy(
+                policy_function="serve.autoscaling:BacklogPolicy",
+                policy_kwargs={
+                    "redis_url": redis_url if config.redis.resolved_url() is None else None,
+                    "redis_url_env": config.redis.url_env,
+                    "namespace": config.redis.namespace,
+                    "poll_interval_s": SAMPLER_POLL_SECONDS,
+                },
+            ),
+        },
+    )
+    ingress = serve.deployment(Ingress, name="Ingress")
+    return ingress.bind(plain, redis_url, sampler.bind(plain, redis_url, audio_encoder.bind(plain)))

@@ -1,0 +1,132 @@
+"""The application's arguments: one validated pydantic model, the ``args:`` of a Serve config file.
+
+Secrets never sit in these files: they are named by environment variable (``*_env`` fields) and read in the
+process that needs them, so the same YAML can be committed, embedded in a RayService and shown in logs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.presets import PRESETS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraConfig(_Strict):
+    path: str = Field(description="LoRA safetensors file (lightx2v or FusionX format)")
+    scale: float = Field(1.0, description="strength of the LoRA, fused into the weights at load time")
+
+
+class ModelConfig(_Strict):
+    preset: str = Field(
+        "tiny", description="model preset: 'tiny' (random weights, CPU) or 'infinitetalk-14b'"
+    )
+    weights_dir: str | None = Field(
+        None, description="weights directory of the 14B preset (README: Real weights)"
+    )
+    loras: list[LoraConfig] = Field(default_factory=list)
+    device: str | None = Field(None, description="torch device; default: cuda when the replica has a GPU")
+
+    @model_validator(mode="after")
+    def _preset_known(self) -> ModelConfig:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if PRESETS[self.preset].needs_weights and not self.weights_dir:
+            raise ValueError(f"preset {self.preset!r} needs weights_dir")
+        return self
+
+
+class RedisConfig(_Strict):
+    url: str | None = Field(None, description="redis:// URL; None starts the embedded Redis (single machine)")
+    url_env: str = Field("INFINITETALK_REDIS_URL", description="environment variable that overrides url")
+    embedded_dir: str = Field("var/redis", description="data directory of the embedded Redis (AOF)")
+    embedded_port: int = Field(6399, ge=1024, le=65535)
+    namespace: str = Field("infinitetalk", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    def resolved_url(self) -> str | None:
+        return os.environ.get(self.url_env) or self.url
+
+
+class StorageConfig(_Strict):
+    kind: Literal["local", "s3"] = "local"
+    root: str = Field("var/storage", description="local: directory for inputs and outputs")
+    signing_key_env: str = Field(
+        "INFINITETALK_SIGNING_KEY", description="local: env var with the HMAC key of download URLs"
+    )
+    bucket: str | None = None
+    endpoint_url: str | None = Field(
+        None, description="s3: endpoint of an S3-compatible store (MinIO, R2 ...)"
+    )
+    region: str | None = None
+    prefix: str = ""
+    access_key_env: str = "AWS_ACCESS_KEY_ID"
+    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    url_ttl_seconds: int = Field(3600, ge=60, le=7 * 86400, description="lifetime of download URLs")
+
+    @model_validator(mode="after")
+    def _s3_needs_bucket(self) -> StorageConfig:
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("storage.kind 's3' needs storage.bucket")
+        return self
+
+
+class AuthConfig(_Strict):
+    mode: Literal["tokens", "none"] = Field("tokens", description="'none' is for local development only")
+    tokens_file: str | None = Field(None, description="YAML/JSON mapping token → tenant")
+    tokens_env: str = Field("INFINITETALK_API_TOKENS", description="env var 'token:tenant,token:tenant'")
+
+
+class QueueConfig(_Strict):
+    max_queued: int = Field(200, ge=1, description="submissions beyond this many queued jobs get 429")
+    lease_seconds: float = Field(
+        60.0, gt=0, description="a sampler that stops heartbeating loses its job after this"
+    )
+    max_attempts: int = Field(3, ge=1, description="executions of one job before it fails retries_exhausted")
+    retention_seconds: int = Field(86400, ge=60, description="results are kept this long, then 410")
+    maintenance_interval_seconds: float = Field(5.0, gt=0, description="reaper / re-publisher period")
+    drain_seconds: float = Field(
+        600.0, ge=0, description="a stopping sampler lets its job run this long, then hands it back"
+    )
+
+
+class FetchConfig(_Strict):
+    max_image_bytes: int = Field(50 * 1024**2, ge=1)
+    max_audio_bytes: int = Field(100 * 1024**2, ge=1)
+    timeout_seconds: float = Field(30.0, gt=0, description="total time for one input download")
+    max_redirects: int = Field(5, ge=0)
+    max_audio_seconds: float = Field(600.0, gt=0, description="longer speech is refused at submit")
+    allow_http_and_private: bool = Field(False, description="development only: http:// and private hosts")
+
+
+class AppConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    public_base_url: str | None = Field(
+        None, description="base of the URLs in responses; default: request host"
+    )
+
+    def with_absolute_paths(self, base: Path) -> AppConfig:
+        """Relative paths resolved against ``base`` (the launcher's cwd): a replica's cwd may differ."""
+
+        def absolute(value: str | None) -> str | None:
+            return None if value is None else str((base / Path(value).expanduser()).resolve())
+
+        return self.model_copy(
+            update={
+                "model": self.model.model_copy(update={"weights_dir": absolute(self.model.weights_dir)}),
+                "redis": self.redis.model_copy(update={"embedded_dir": absolute(self.redis.embedded_dir)}),
+                "storage": self.storage.model_copy(update={"root": absolute(self.storage.root)}),
+                "auth": self.auth.model_copy(update={"tokens_file": absolute(self.auth.tokens_file)}),
+            }
+        )

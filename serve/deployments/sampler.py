@@ -1,0 +1,94 @@
+"""Sampler: the GPU stage. Loads the DiT, VAE, CLIP and umT5 once, then runs one job per Celery message.
+
+The replica becomes ready only after the weights are loaded (its constructor returns), and only then does
+the task consumer start taking messages. Shutting down, it lets the running job finish for up to
+``drain_seconds`` and hands it back to the queue after that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.serve.task_consumer import task_handler
+from ray.util import metrics as ray_metrics
+
+from pipeline.components import LoraSpec, load_components
+from serve.config import AppConfig
+from serve.engine import PipelineEngine
+from serve.jobs import JobRecord
+from serve.jobs.dispatch import Dispatcher
+from serve.jobs.runner import JobRunner
+from serve.services import Services
+from serve.tasks import TASK_NAME, TaskPublisher
+
+logger = logging.getLogger("ray.serve")
+
+
+class Sampler:
+    def __init__(self, config: dict[str, Any], redis_url: str, audio_encoder: DeploymentHandle) -> None:
+        app_config = AppConfig.model_validate(config)
+        self._services = Services(app_config, redis_url)
+        model = app_config.model
+        components = load_components(
+            model.preset,
+            weights_dir=model.weights_dir,
+            device=model.device,
+            loras=[LoraSpec(lora.path, lora.scale) for lora in model.loras],
+            with_audio_encoder=False,
+        )
+        self._audio_encoder = audio_encoder
+        self._drain_seconds = app_config.queue.drain_seconds
+        dispatcher = Dispatcher(self._services.store, self._services.redis, TaskPublisher(redis_url))
+        self._steps_per_second = ray_metrics.Gauge(
+            "infinitetalk_sampler_steps_per_second", description="Denoising steps per second of the last job"
+        )
+        self._runner = JobRunner(
+            self._services.store,
+            self._services.storage,
+            PipelineEngine(components, self._encode_speech),
+            replica_id=self._replica_id(),
+            republish=dispatcher.publish,
+            on_finished=self._record_finished,
+        )
+        logger.info("sampler ready: %s on %s", model.preset, components.device)
+
+    @staticmethod
+    def _replica_id() -> str:
+        try:
+            return serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside a replica (tests)
+            return f"pid{os.getpid()}"
+
+    def _encode_speech(self, speech, frames: int):
+        return self._audio_encoder.encode.remote(speech, frames).result()
+
+    def _record_finished(self, record: JobRecord) -> None:
+        metrics = self._services.metrics
+        metrics.record_job_finished(record.status, (record.finished_at or time.time()) - record.created_at)
+        metrics.record_stages(record.timings)
+        sampling = record.timings.get("sampling")
+        steps = record.params.get("steps", 0) * record.reproducibility.get("chunks", 0)
+        if sampling and steps:
+            self._steps_per_second.set(steps / sampling)
+
+    @task_handler(name=TASK_NAME)
+    def run_job(self, request_id: str) -> None:
+        self._runner.run(request_id)
+
+    def check_health(self) -> None:
+        if not self._services.store.ping():
+            raise RuntimeError("job store (Redis) unreachable")
+
+    def __del__(self) -> None:
+        deadline = time.monotonic() + self._drain_seconds
+        while self._runner.running and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if self._runner.running:
+            self._runner.request_stop()
+            while self._runner.running:
+                time.sleep(0.2)

@@ -1,0 +1,89 @@
+"""The sampler replica's engine: the InfiniteTalk pipeline behind the runner's ``Engine`` protocol."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.audio import decode_audio
+from pipeline.components import Components
+from pipeline.conditioning import load_image
+from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline, Progress
+from pipeline.streaming import chunk_count
+from serve.jobs.runner import EngineOutput, ProgressFn
+
+SpeechEncoder = Callable[[np.ndarray, int], torch.Tensor]
+
+
+def code_version() -> str:
+    """Package version plus the commit the image was built from (``INFINITETALK_COMMIT``), when set."""
+    try:
+        package = version("infinitetalk-serve")
+    except PackageNotFoundError:
+        package = "unknown"
+    commit = os.environ.get("INFINITETALK_COMMIT")
+    return f"{package}+{commit}" if commit else package
+
+
+class PipelineEngine:
+    """Decodes the staged inputs, asks the audio-encoder deployment for embeddings, generates, muxes."""
+
+    def __init__(self, components: Components, encode_speech: SpeechEncoder) -> None:
+        self._pipeline = InfiniteTalkPipeline(components)
+        self._components = components
+        self._encode_speech = encode_speech
+
+    def run(
+        self, params: dict[str, Any], image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+    ) -> EngineOutput:
+        request = GenerationRequest(
+            image=load_image(image, name="284_image"),
+            speech=decode_audio(audio, name="125_audio"),
+            prompt=params["prompt"],
+            width=params["width"],
+            height=params["height"],
+            frames=params["frames"],
+            steps=params["steps"],
+            shift=params["shift"],
+            cfg=params["cfg"],
+            seed=params["seed"],
+        )
+        self._pipeline.check_inputs(request)
+        encode_started = time.perf_counter()
+        embeddings = self._encode_speech(request.speech, request.frames)
+        encode_seconds = time.perf_counter() - encode_started
+
+        def on_progress(p: Progress) -> None:
+            progress(p.fraction, p.eta_seconds)
+
+        output = self._pipeline.generate_to_file(
+            request, out_path, audio_embeddings=embeddings, progress=on_progress
+        )
+        output.timings["audio_encode"] = output.timings.get("audio_encode", 0.0) + encode_seconds
+        return EngineOutput(
+            timings=output.timings, reproducibility=self._record(request, output.working_size)
+        )
+
+    def _record(self, request: GenerationRequest, working: tuple[int, int]) -> dict[str, Any]:
+        parts = self._components
+        return {
+            "seed": request.seed,
+            "steps": request.steps,
+            "shift": request.shift,
+            "cfg": request.cfg,
+            "frames": request.frames,
+            "chunks": chunk_count(request.frames),
+            "output_size": f"{request.width}x{request.height}",
+            "working_size": f"{working[0]}x{working[1]}",
+            "preset": parts.preset.name,
+            "weights": parts.identities,
+            "dtype": str(parts.dtype).removeprefix("torch."),
+            "code_version": code_version(),
+        }

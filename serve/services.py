@@ -1,0 +1,60 @@
+"""The long-lived clients every deployment builds from the app config: Redis, the job store, storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+
+from serve.config import AppConfig
+from serve.jobs import EmbeddedRedis, JobStore
+from serve.metrics import MetricsRecorder
+from serve.storage import Storage, build_storage
+
+REDIS_SOCKET_TIMEOUT_SECONDS = 5.0
+
+
+def ensure_redis(config: AppConfig) -> str:
+    """The Redis URL: the configured one, or the embedded server (started now, or attached if running)."""
+    url = config.redis.resolved_url()
+    if url:
+        return url
+    server = EmbeddedRedis(config.redis.embedded_dir, port=config.redis.embedded_port)
+    server.start()
+    return server.url
+
+
+@dataclass
+class Services:
+    config: AppConfig
+    redis_url: str
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.redis_url,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+            health_check_interval=30,
+        )
+
+    @cached_property
+    def store(self) -> JobStore:
+        queue = self.config.queue
+        return JobStore(
+            self.redis,
+            namespace=self.config.redis.namespace,
+            lease_seconds=queue.lease_seconds,
+            max_attempts=queue.max_attempts,
+            retention_seconds=queue.retention_seconds,
+            max_queued=queue.max_queued,
+        )
+
+    @cached_property
+    def storage(self) -> Storage:
+        return build_storage(self.config.storage, public_base_url=self.config.public_base_url)
+
+    @cached_property
+    def metrics(self) -> MetricsRecorder:
+        return MetricsRecorder(self.redis, self.config.redis.namespace)

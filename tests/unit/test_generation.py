@@ -1,0 +1,147 @@
+"""Whole tiny-preset generations: the real code path at small widths, checked on the decoded MP4."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from pipeline.audio import decode_audio
+from pipeline.color import match_colors
+from pipeline.conditioning import load_image, portrait_tensor
+from pipeline.errors import InputError, SizeError
+from pipeline.pipeline import GenerationRequest, working_size
+from pipeline.streaming import MOTION_FRAMES
+
+AAC_FRAME_SECONDS = 1024 / 16000
+
+
+@pytest.fixture(scope="module")
+def speech(assets):
+    return decode_audio(assets / "speech.wav")
+
+
+@pytest.fixture(scope="module")
+def portrait(assets):
+    return load_image(assets / "portrait.png")
+
+
+def _request(portrait, speech, **overrides) -> GenerationRequest:
+    settings = {"prompt": "a woman is talking", "steps": 2, "seed": 1234, **overrides}
+    return GenerationRequest(image=portrait, speech=speech, **settings)
+
+
+def _probe(path):
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(video=0))
+        rate = video.average_rate
+        size = (video.width, video.height)
+    with av.open(str(path)) as container:
+        audio = container.streams.audio[0]
+        codec = audio.codec_context.name
+        samples = sum(f.samples for f in container.decode(audio=0))
+        seconds = samples / audio.codec_context.sample_rate
+    return frames, size, rate, codec, seconds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("width", "height", "frames"), [(480, 720, 125), (960, 540, 125), (720, 480, 250)])
+def test_mp4_has_exact_frames_size_rate_and_audio_length(
+    tiny_pipeline, portrait, speech, tmp_path, width, height, frames
+):
+    out = tmp_path / "out.mp4"
+    tiny_pipeline.generate_to_file(_request(portrait, speech, width=width, height=height, frames=frames), out)
+    decoded_frames, size, rate, codec, audio_seconds = _probe(out)
+    assert decoded_frames == frames
+    assert size == (width, height)
+    assert rate == 25
+    assert codec == "aac"
+    assert abs(audio_seconds - frames / 25) <= AAC_FRAME_SECONDS
+
+
+@pytest.mark.slow
+def test_same_seed_same_latents_different_seed_differs(tiny_pipeline, portrait, speech):
+    request = _request(portrait, speech, width=480, height=480, frames=81)
+    first = tiny_pipeline.generate(request).chunk_latents
+    again = tiny_pipeline.generate(request).chunk_latents
+    other = tiny_pipeline.generate(
+        _request(portrait, speech, width=480, height=480, frames=81, seed=99)
+    ).chunk_latents
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], other[0])
+
+
+@pytest.mark.slow
+def test_motion_latents_are_clean_reencoded_last_nine_frames(
+    tiny_pipeline, tiny_components, portrait, speech
+):
+    request = _request(portrait, speech, width=480, height=480, frames=125)
+    output = tiny_pipeline.generate(request)
+    assert len(output.chunk_latents) == 2
+    vae = tiny_components.vae
+    width, height = output.working_size
+    reference = portrait_tensor(portrait, width, height)[0]
+    with torch.inference_mode():
+        decoded = vae.decode(output.chunk_latents[0])[0].float()
+        decoded = match_colors(decoded, reference, request.color_correction)
+        motion = vae.encode(decoded[:, -MOTION_FRAMES:].unsqueeze(0))
+    assert torch.allclose(output.chunk_latents[1][:, :, :3], motion, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_guidance_batches_cond_and_negative_only_when_cfg_is_not_one(
+    tiny_pipeline, tiny_components, portrait, speech
+):
+    batches: list[int] = []
+    hook = tiny_components.transformer.register_forward_pre_hook(
+        lambda _m, _a, kwargs: batches.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
+    )
+    try:
+        tiny_pipeline.generate(_request(portrait, speech, width=256, height=256, frames=81, cfg=1.0))
+        single = list(batches)
+        batches.clear()
+        tiny_pipeline.generate(_request(portrait, speech, width=256, height=256, frames=81, cfg=1.5))
+    finally:
+        hook.remove()
+    assert single == [1, 1]
+    assert batches == [2, 2]
+
+
+@pytest.mark.slow
+def test_progress_reports_every_step_of_every_chunk(tiny_pipeline, portrait, speech):
+    seen = []
+    tiny_pipeline.generate(
+        _request(portrait, speech, width=256, height=256, frames=125), progress=seen.append
+    )
+    assert [(p.chunk, p.step) for p in seen] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert seen[-1].fraction == 1.0 and seen[-1].eta_seconds == 0.0
+
+
+def test_working_size_is_multiple_of_16_and_capped():
+    assert working_size(960, 540, None) == (960, 544)
+    assert working_size(720, 720, None) == (720, 720)
+    w, h = working_size(1280, 720, 160 * 96)
+    assert w % 16 == 0 and h % 16 == 0 and w * h <= 160 * 96 * 1.2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        ({"prompt": "   "}, InputError, "prompt"),
+        ({"width": 481}, SizeError, "width"),
+        ({"height": 8}, SizeError, "height"),
+        ({"frames": 0}, InputError, "frames"),
+        ({"steps": 0}, InputError, "steps"),
+        ({"cfg": 0.0}, InputError, "cfg"),
+    ],
+)
+def test_bad_requests_are_named(tiny_pipeline, portrait, speech, overrides, error, match):
+    with pytest.raises(error, match=match):
+        tiny_pipeline.generate(_request(portrait, speech, **overrides))
+
+
+def test_empty_speech_rejected(tiny_pipeline, portrait):
+    with pytest.raises(InputError, match="speech"):
+        tiny_pipeline.generate(_request(portrait, np.zeros(0, dtype=np.float32)))
