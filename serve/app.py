@@ -19,7 +19,7 @@ from serve.config import AppConfig
 from serve.deployments.audio_encoder import AudioEncoder
 from serve.deployments.ingress import Ingress
 from serve.deployments.sampler import Sampler
-from serve.services import ensure_redis
+from serve.services import resolve_redis_url
 from serve.tasks import task_processor_config
 
 SAMPLER_POLL_SECONDS = 2.0
@@ -27,7 +27,7 @@ SAMPLER_POLL_SECONDS = 2.0
 
 def build_app(args: dict[str, Any]) -> Application:
     config = AppConfig.model_validate(args).with_absolute_paths(Path.cwd())
-    redis_url = ensure_redis(config)
+    redis_url = resolve_redis_url(config)
     plain = config.model_dump(mode="json")
 
     audio_encoder = serve.deployment(AudioEncoder, name="AudioEncoder", max_ongoing_requests=4)

@@ -8,21 +8,34 @@ from functools import cached_property
 import redis
 
 from serve.config import AppConfig
-from serve.jobs import EmbeddedRedis, JobStore
+from serve.jobs import JobStore
 from serve.metrics import MetricsRecorder
 from serve.storage import Storage, build_storage
 
 REDIS_SOCKET_TIMEOUT_SECONDS = 5.0
 
 
-def ensure_redis(config: AppConfig) -> str:
-    """The Redis URL: the configured one, or the embedded server (started now, or attached if running)."""
+class RedisNotConfigured(RuntimeError):
+    """No Redis URL is configured and no embedded server is running."""
+
+
+def resolve_redis_url(config: AppConfig) -> str:
+    """The configured Redis URL, or the running embedded server's (``python -m serve up`` starts it).
+
+    The app never starts Redis itself: a process started inside a Ray worker dies with that worker.
+    """
     url = config.redis.resolved_url()
     if url:
         return url
-    server = EmbeddedRedis(config.redis.embedded_dir, port=config.redis.embedded_port)
-    server.start()
-    return server.url
+    client = redis.Redis(host="127.0.0.1", port=config.redis.embedded_port, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError:
+        raise RedisNotConfigured(
+            f"no Redis: set redis.url or ${config.redis.url_env}, or start the local stack with "
+            f"`python -m serve up` (embedded Redis on port {config.redis.embedded_port})"
+        ) from None
+    return f"redis://127.0.0.1:{config.redis.embedded_port}/0"
 
 
 @dataclass
