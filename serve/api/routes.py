@@ -49,7 +49,7 @@ from serve.auth import Authenticator, install_authenticator, require_tenant
 from serve.config import AppConfig
 from serve.inputs.probe import probe_audio, probe_image
 from serve.inputs.references import InputKind, InputResolver, new_file_id
-from serve.jobs import CancelConflict, IdempotencyConflict, JobRecord, JobStatus, JobStore
+from serve.jobs import CancelConflict, IdempotencyConflict, JobNotFound, JobRecord, JobStatus, JobStore
 from serve.jobs import QueueFull as StoreQueueFull
 from serve.jobs.dispatch import Dispatcher
 from serve.metrics import JobMetricsCollector, MetricsRecorder
@@ -136,7 +136,7 @@ def create_api(context: ApiContext) -> FastAPI:
         body_hash = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()
         if idempotency_key:
             existing = await anyio.to_thread.run_sync(
-                store.lookup_idempotent, tenant, idempotency_key, body_hash
+                _lookup_idempotent, store, tenant, idempotency_key, body_hash
             )
             if existing is not None:
                 return _accepted(existing.request_id, urls(request, existing.request_id))
@@ -190,7 +190,8 @@ def create_api(context: ApiContext) -> FastAPI:
         record = owned_record(request_id, tenant)
         video_url = None
         if record.status is JobStatus.COMPLETED and record.output:
-            video_url = _absolute(context.config, request, storage.url_for(record.output["video"], url_ttl))
+            ttl = _download_ttl(record, url_ttl, time.time())
+            video_url = _absolute(context.config, request, storage.url_for(record.output["video"], ttl))
         return ResultResponse.from_record(record, queue_position=position(record), video_url=video_url)
 
     @api.post(
@@ -206,6 +207,8 @@ def create_api(context: ApiContext) -> FastAPI:
             record = store.cancel(request_id, tenant)
         except CancelConflict as conflict:
             raise Conflict.not_cancellable(request_id, conflict.record.status.value) from None
+        except JobNotFound:  # deleted by the retention sweep since it was read
+            raise Gone(f"Request {request_id} has expired and its result was deleted.") from None
         if before.status is not JobStatus.CANCELLED:
             context.metrics.record_job_finished(JobStatus.CANCELLED)
         return StatusResponse.from_record(record)
@@ -265,6 +268,20 @@ def create_api(context: ApiContext) -> FastAPI:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return api
+
+
+def _lookup_idempotent(store: JobStore, tenant: str, key: str, body_hash: str) -> JobRecord | None:
+    try:
+        return store.lookup_idempotent(tenant, key, body_hash)
+    except IdempotencyConflict as conflict:
+        raise Conflict.idempotency_key_reused(conflict.request_id) from None
+
+
+def _download_ttl(record: JobRecord, url_ttl: int, now: float) -> int:
+    """A download link must not outlive the result: after ``expires_at`` the API answers 410 for the job."""
+    if record.expires_at is None:
+        return url_ttl
+    return max(1, min(url_ttl, int(record.expires_at - now)))
 
 
 def _create(

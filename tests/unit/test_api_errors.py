@@ -297,3 +297,14 @@ def test_openapi_document_builds(client: TestClient) -> None:
     document = client.get("/openapi.json").json()
     schema = document["components"]["schemas"]["SubmitRequest"]
     assert schema["title"] == "Input" and "241_positive_prompt" in schema["properties"]
+
+
+def test_other_starlette_http_errors_keep_status_and_headers() -> None:
+    from starlette.exceptions import HTTPException
+
+    from serve.api.errors import api_error_from_http_exception
+
+    error = api_error_from_http_exception(HTTPException(418, headers={"X-Why": "tea"}))
+    assert (error.status, error.code, error.headers) == (418, "i_m_a_teapot", {"X-Why": "tea"})
+    error = api_error_from_http_exception(HTTPException(413, detail="Content Too Large"))
+    assert (error.status, error.code, error.message) == (413, "payload_too_large", "Content Too Large")

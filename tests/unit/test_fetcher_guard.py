@@ -342,3 +342,14 @@ def test_the_connection_guard_itself_catches_httpx(no_connections: list[object])
         asyncio.run(attempt())
     assert [call[-1] for call in no_connections] == [("10.255.255.1", 9)]  # type: ignore[index]
     no_connections.clear()
+
+
+def test_policy_from_app_config() -> None:
+    from serve.config import FetchConfig
+
+    policy = FetchPolicy.from_config(
+        FetchConfig(max_image_bytes=10, max_audio_bytes=20, timeout_seconds=3, max_redirects=2)
+    )
+    assert (policy.max_image_bytes, policy.max_audio_bytes, policy.timeout_seconds) == (10, 20, 3)
+    assert (policy.max_redirects, policy.allow_http_and_private) == (2, False)
+    assert FetchPolicy.from_config(FetchConfig(allow_http_and_private=True)).allow_http_and_private

@@ -1,0 +1,1 @@
+"""The HTTP surface: request/response schemas, errors and their mapping to HTTP, routes."""

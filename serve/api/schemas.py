@@ -1,0 +1,384 @@
+"""The API's request and response bodies: pydantic models that *are* the HTTP schema.
+
+Field names of ``SubmitRequest`` are RunComfy's (``241_positive_prompt`` ...) and part of the contract; the
+Python names are readable aliases of them. Validation is strict where a lenient coercion would hide a client
+bug (``true`` or ``"7"`` for an integer). The engine never sees pydantic: ``to_generation_params`` converts a
+validated request into the plain ``GenerationParams`` dataclass, as vLLM's request models convert to
+``SamplingParams``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:
+    from serve.jobs.records import JobRecord
+
+MAX_PROMPT_CHARS = 2000
+DEFAULT_PROMPT = "a woman is talking and waving hands"
+EXAMPLE_IMAGE = "Runcomfy_example_1278_1.png"
+EXAMPLE_AUDIO = "Runcomfy_example_1278_1.mp3"
+SEED_MIN = -(2**63)
+# torch.manual_seed takes signed and unsigned 64-bit seeds; ComfyUI-style clients send seeds up to 2**64 - 1.
+SEED_MAX = 2**64 - 1
+
+# "W x H (aspect)", in the order of the seed page.
+SizeOption = Literal[
+    "480x480 (1:1)",
+    "720x720 (1:1)",
+    "480x720 (2:3)",
+    "720x480 (3:2)",
+    "540x960 (9:16)",
+    "576x1024 (9:16)",
+    "720x1280 (9:16)",
+    "960x540 (16:9)",
+    "1024x576 (16:9)",
+    "1280x720 (16:9)",
+]
+FrameCount = Literal[125, 250]
+JobStatusName = Literal["in_queue", "in_progress", "completed", "cancelled", "failed"]
+
+_SIZE_PATTERN = re.compile(r"^(\d+)x(\d+) \(\d+:\d+\)$")
+
+
+def _parse_size(option: str) -> tuple[int, int]:
+    match = _SIZE_PATTERN.match(option)
+    if match is None:  # pragma: no cover - guarded by the test over all options
+        raise ValueError(f"size option {option!r} is not 'WxH (a:b)'")
+    return int(match.group(1)), int(match.group(2))
+
+
+SIZES: dict[str, tuple[int, int]] = {option: _parse_size(option) for option in get_args(SizeOption)}
+
+_Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True)]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """One job's parameters in the engine's own terms: no pydantic, no wire names."""
+
+    prompt: str
+    image_ref: str
+    audio_ref: str
+    width: int
+    height: int
+    frames: int
+    seed: int
+    steps: int
+    shift: float
+    cfg: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationParams:
+        """Inverse of ``to_dict`` (the job record stores the parameters as JSON)."""
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise ValueError(f"generation parameters lack {missing}")
+        return cls(**{name: data[name] for name in names})
+
+
+class SubmitRequest(BaseModel):
+    """The body of ``POST /v1/models/community/infinite-talk/image-to-video``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, title="Input")
+
+    prompt: _Text = Field(
+        alias="241_positive_prompt",
+        max_length=MAX_PROMPT_CHARS,
+        title="Prompt",
+        description=f"What the video shows; a non-empty sentence of at most {MAX_PROMPT_CHARS} characters.",
+        examples=[DEFAULT_PROMPT],
+    )
+    image: _Text = Field(
+        alias="284_image",
+        title="Image",
+        description=(
+            "The portrait: an https:// URL, a data: URI, the id of a file uploaded with POST /v1/files "
+            f"(file_...), or the example name {EXAMPLE_IMAGE!r}. The bytes must decode as an image."
+        ),
+        examples=[EXAMPLE_IMAGE],
+    )
+    audio: _Text = Field(
+        alias="125_audio",
+        title="Audio",
+        description=(
+            "The speech: an https:// URL, a data: URI, the id of a file uploaded with POST /v1/files "
+            f"(file_...), or the example name {EXAMPLE_AUDIO!r}. The bytes must decode as audio."
+        ),
+        examples=[EXAMPLE_AUDIO],
+    )
+    size: SizeOption = Field(
+        "720x720 (1:1)",
+        alias="245_valuex246_value",
+        title="Resolution (W:H)",
+        description="Width x height of the video in pixels.",
+    )
+    frames: FrameCount = Field(
+        125,
+        alias="270_value",
+        title="Number of Frames",
+        description="Length of the video in frames at 25 fps (125 = 5 s, 250 = 10 s).",
+    )
+    seed: int = Field(
+        96860978,
+        alias="128_seed",
+        strict=True,
+        ge=SEED_MIN,
+        le=SEED_MAX,
+        title="Seed",
+        description="Random seed; the same seed and inputs reproduce the same video on the same setup.",
+    )
+    steps: int = Field(
+        7,
+        alias="128_steps",
+        strict=True,
+        ge=6,
+        le=20,
+        title="Steps",
+        description="Number of denoising iterations; more steps refine detail and stability but take longer.",
+    )
+    shift: float = Field(
+        11,
+        alias="128_shift",
+        strict=True,
+        ge=1,
+        le=15,
+        allow_inf_nan=False,
+        title="Shift",
+        description=(
+            "Offsets the diffusion sampling schedule, trading stability for stronger motion/style as the "
+            "value increases."
+        ),
+    )
+    cfg: float = Field(
+        1,
+        alias="128_cfg",
+        strict=True,
+        ge=0.6,
+        le=2,
+        allow_inf_nan=False,
+        title="Guidance Scale",
+        description=(
+            "Controls how strongly the output adheres to the prompt versus allowing creative variation."
+        ),
+    )
+
+    @field_validator("prompt", "image", "audio")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value:
+            raise PydanticCustomError("string_empty", "must not be empty or only whitespace")
+        return value
+
+    @field_validator("frames", mode="before")
+    @classmethod
+    def _frames_is_integer(cls, value: object) -> object:
+        # A Literal accepts 125.0 and "125" is close enough to slip through other paths; insist on an integer.
+        if type(value) is not int:
+            raise PydanticCustomError("int_type", "Input should be a valid integer")
+        return value
+
+    def to_generation_params(self) -> GenerationParams:
+        width, height = SIZES[self.size]
+        return GenerationParams(
+            prompt=self.prompt,
+            image_ref=self.image,
+            audio_ref=self.audio,
+            width=width,
+            height=height,
+            frames=self.frames,
+            seed=self.seed,
+            steps=self.steps,
+            shift=float(self.shift),
+            cfg=float(self.cfg),
+        )
+
+
+# -- responses -----------------------------------------------------------------------------------------------
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubmitResponse(_Response):
+    request_id: str = Field(description="Identifier of the accepted job.")
+    status_url: str = Field(
+        description="Absolute URL of GET .../status.", json_schema_extra={"format": "uri"}
+    )
+    result_url: str = Field(
+        description="Absolute URL of GET .../result.", json_schema_extra={"format": "uri"}
+    )
+    cancel_url: str = Field(
+        description="Absolute URL of POST .../cancel.", json_schema_extra={"format": "uri"}
+    )
+
+
+class ErrorInfo(_Response):
+    code: str = Field(description="Stable machine-readable code, e.g. invalid_audio or retries_exhausted.")
+    message: str = Field(description="Human-readable sentence.")
+
+
+class StatusResponse(_Response):
+    request_id: str
+    status: JobStatusName = Field(description="failed is an extension of RunComfy's states.")
+    queue_position: int | None = Field(None, ge=0, description="0-based position while in_queue.")
+    progress: float | None = Field(None, ge=0, le=1, description="Fraction of the sampling work done.")
+    eta_seconds: float | None = Field(None, ge=0, description="Estimated seconds until completion.")
+    created_at: datetime
+    started_at: datetime | None = Field(None, description="Start of the latest attempt.")
+    finished_at: datetime | None = None
+    attempt: int | None = Field(None, ge=0, description="Executions started so far (retries count).")
+    error: ErrorInfo | None = Field(None, description="Why the job failed (status failed only).")
+
+    @classmethod
+    def from_record(cls, record: JobRecord, *, queue_position: int | None = None) -> StatusResponse:
+        return cls(**_status_fields(record, queue_position))
+
+
+class VideoOutput(_Response):
+    video: str = Field(
+        description="URL of the MP4 (signed or presigned, expiring).", json_schema_extra={"format": "uri"}
+    )
+
+
+class StageTimings(BaseModel):
+    """Seconds spent per stage; stages a job did not reach are absent."""
+
+    model_config = ConfigDict(extra="allow")
+
+    fetch_inputs: float | None = None
+    audio_encode: float | None = None
+    text_encode: float | None = None
+    sampling: float | None = None
+    vae_decode: float | None = None
+    mux: float | None = None
+    upload: float | None = None
+
+
+class ResultResponse(StatusResponse):
+    output: VideoOutput | None = Field(None, description="Present once completed.")
+    timings: StageTimings | None = None
+    reproducibility: dict[str, Any] | None = Field(
+        None, description="Seed, resolved sizes, model/adapter/LoRA identities and code version of the run."
+    )
+    expires_at: datetime | None = Field(None, description="After this moment the result is gone (410).")
+
+    @classmethod
+    def from_record(
+        cls, record: JobRecord, *, queue_position: int | None = None, video_url: str | None = None
+    ) -> ResultResponse:
+        """``video_url`` is the download URL of ``record.output['video']``, made by the storage backend."""
+        return cls(
+            **_status_fields(record, queue_position),
+            output=VideoOutput(video=video_url) if video_url is not None else None,
+            timings=StageTimings(**record.timings) if record.timings else None,
+            reproducibility=dict(record.reproducibility) or None,
+            expires_at=_datetime(record.expires_at),
+        )
+
+
+class FileUploadResponse(_Response):
+    file_id: str = Field(description="Use as 284_image or 125_audio in a submit (this tenant only).")
+    filename: str | None = Field(None, description="Name the client sent, if any.")
+    size_bytes: int = Field(ge=0, description="Size of the stored file in bytes.")
+    created_at: datetime
+    expires_at: datetime | None = Field(None, description="After this moment the file is deleted.")
+
+
+class ErrorDetail(_Response):
+    code: str = Field(description="Stable machine-readable code.")
+    message: str = Field(description="Human-readable sentence; never a stack trace.")
+    details: list[dict[str, Any]] = Field(
+        default_factory=list, description="e.g. one entry per invalid field."
+    )
+
+
+class ErrorBody(_Response):
+    """The one shape of every error response."""
+
+    error: ErrorDetail
+
+
+def _datetime(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+
+def _status_fields(record: JobRecord, queue_position: int | None) -> dict[str, Any]:
+    status = record.status.value
+    error = record.error
+    return {
+        "request_id": record.request_id,
+        "status": status,
+        "queue_position": queue_position if status == "in_queue" else None,
+        "progress": record.progress,
+        "eta_seconds": record.eta_seconds,
+        "created_at": _datetime(record.created_at),
+        "started_at": _datetime(record.started_at),
+        "finished_at": _datetime(record.finished_at),
+        "attempt": record.attempt,
+        "error": ErrorInfo(code=error.code, message=error.message) if error is not None else None,
+    }
+
+
+# -- the /schema endpoint ------------------------------------------------------------------------------------
+
+# The seed page spells JSON Schema's "number" as "float"; RunComfy clients read that page's shape.
+_SCHEMA_TYPE_NAMES = {"number": "float"}
+_SCHEMA_KEYS = ("title", "description", "type", "enum", "default", "minimum", "maximum", "maxLength")
+
+_OUTPUT_SCHEMA: dict[str, Any] = {
+    "output": {
+        "type": "object",
+        "properties": {
+            "image": {"type": "string", "format": "uri", "description": "single image URL"},
+            "video": {"type": "string", "format": "uri", "description": "single video URL"},
+            "images": {
+                "type": "array",
+                "description": "multiple image URLs",
+                "items": {"type": "string", "format": "uri"},
+            },
+            "videos": {
+                "type": "array",
+                "description": "multiple video URLs",
+                "items": {"type": "string", "format": "uri"},
+            },
+        },
+    }
+}
+
+
+def input_json_schema() -> dict[str, Any]:
+    """The input schema in the seed page's shape (title "Input", required, flat properties)."""
+    generated = SubmitRequest.model_json_schema(by_alias=True, mode="validation")
+    properties: dict[str, Any] = {}
+    for name, spec in generated["properties"].items():
+        prop = {key: spec[key] for key in _SCHEMA_KEYS if key in spec}
+        if "default" not in prop and spec.get("examples"):
+            # Required fields show RunComfy's example value as their default, as the seed page does.
+            prop["default"] = spec["examples"][0]
+        prop["type"] = _SCHEMA_TYPE_NAMES.get(prop.get("type", "string"), prop.get("type", "string"))
+        prop.setdefault("description", "")
+        properties[name] = prop
+    return {
+        "type": "object",
+        "title": "Input",
+        "required": list(generated["required"]),
+        "properties": properties,
+    }
+
+
+def output_json_schema() -> dict[str, Any]:
+    """The output schema of the seed page (this model fills ``output.video`` only)."""
+    return copy.deepcopy(_OUTPUT_SCHEMA)

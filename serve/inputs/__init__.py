@@ -1,0 +1,1 @@
+"""Turning input references (URLs, data: URIs, uploads, examples) into checked media bytes."""

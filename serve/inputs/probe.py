@@ -1,0 +1,110 @@
+"""Decode-probe inputs at submit, so bad media is a 4xx now rather than a failed job later.
+
+The pipeline's own decoders do the work (the same code the sampler runs later), and their errors become API
+errors naming the field: 415 when the bytes are not media of the expected kind at all, 422 when they are
+but cannot be used (corrupt, empty, too long, too many pixels). What the bytes are is judged from the bytes,
+never from a file name or a claimed content type; the signature sniffing below only chooses between 415 and
+422 after the decoder refused, so it can never reject a file the decoder reads.
+
+Both probes are CPU-bound (up to seconds for long audio): call them in a worker thread from async code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pipeline.audio import SAMPLE_RATE, decode_audio
+from pipeline.conditioning.image import DEFAULT_MAX_PIXELS, load_image
+from pipeline.errors import AudioError, ImageError
+from serve.api.errors import api_error_from_pipeline
+
+IMAGE_FIELD = "284_image"
+AUDIO_FIELD = "125_audio"
+
+_IMAGE_SIGNATURES = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",  # JPEG
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",  # TIFF
+    b"MM\x00*",
+    b"\x00\x00\x01\x00",  # ICO
+    b"\xff\x0a",  # JPEG XL codestream
+    b"\x00\x00\x00\x0cJXL ",
+)
+_AUDIO_SIGNATURES = (
+    b"ID3",
+    b"OggS",
+    b"fLaC",
+    b"\x1aE\xdf\xa3",  # Matroska / WebM
+    b"#!AMR",
+    b"caff",
+    b"MThd",
+    b".snd",
+    b"wvpk",
+    b"MAC ",
+)
+
+
+@dataclass(frozen=True)
+class ImageProbe:
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class AudioProbe:
+    duration_seconds: float
+
+
+def probe_image(data: bytes, *, field: str = IMAGE_FIELD, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageProbe:
+    """Decode the image fully (header-checked against decompression bombs first); 415/422 naming ``field``."""
+    try:
+        image = load_image(data, name=field, max_pixels=max_pixels)
+    except ImageError as error:
+        not_media = _not_media(data, _looks_like_image)
+        raise api_error_from_pipeline(error, field=field, not_media=not_media) from None
+    width, height = image.size
+    return ImageProbe(width=width, height=height)
+
+
+def probe_audio(data: bytes, *, field: str = AUDIO_FIELD, max_seconds: float | None = None) -> AudioProbe:
+    """Decode the audio (refused beyond ``max_seconds``); its duration, or 415/422 naming ``field``."""
+    try:
+        samples = decode_audio(data, name=field, max_seconds=max_seconds)
+    except AudioError as error:
+        not_media = _not_media(data, _looks_like_audio)
+        raise api_error_from_pipeline(error, field=field, not_media=not_media) from None
+    return AudioProbe(duration_seconds=samples.size / SAMPLE_RATE)
+
+
+def _not_media(data: bytes, looks_like: Callable[[bytes], bool]) -> bool:
+    # Empty input is a 422 ("is empty"), not a wrong media type.
+    return len(data) > 0 and not looks_like(data)
+
+
+def _looks_like_image(data: bytes) -> bool:
+    head = bytes(data[:16])
+    if head.startswith(_IMAGE_SIGNATURES):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    # ISO base media (AVIF, HEIC): "ftyp" box at offset 4.
+    return head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1")
+
+
+def _looks_like_audio(data: bytes) -> bool:
+    head = bytes(data[:16])
+    if head.startswith(_AUDIO_SIGNATURES):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] in (b"WAVE", b"AVI "):
+        return True
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return True
+    # MP4/M4A/3GP/MOV: a "ftyp" box at offset 4 (video files carry audio tracks too).
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free"):
+        return True
+    # MPEG audio or ADTS AAC frame sync: eleven set bits.
+    return len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
