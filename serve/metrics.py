@@ -115,7 +115,10 @@ class JobMetricsCollector(Collector):
             failures.add_metric([reason], value)
         yield failures
         yield from self._histogram(
-            "job_duration_seconds", "Submit to terminal state of completed jobs", JOB_BUCKETS, None
+            "job_duration_seconds",
+            "Submit to end of jobs a sampler finished (completed or failed)",
+            JOB_BUCKETS,
+            None,
         )
         yield from self._histogram(
             "stage_duration_seconds", "Time per pipeline stage", STAGE_BUCKETS, "stage"

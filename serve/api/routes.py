@@ -60,7 +60,6 @@ logger = logging.getLogger(__name__)
 MODEL_PATH = "/v1/models/community/infinite-talk/image-to-video"
 RETRY_AFTER_QUEUE_FULL_SECONDS = 30
 RETRY_AFTER_NOT_READY_SECONDS = 5
-UPLOAD_TTL_SECONDS = 24 * 3600
 # Largest JSON body: two data: URIs at the byte caps, base64-inflated, plus slack.
 _BODY_SLACK_BYTES = 64 * 1024
 
@@ -132,6 +131,8 @@ def create_api(context: ApiContext) -> FastAPI:
     ) -> JSONResponse:
         if not context.is_ready():
             raise NotReady(retry_after=RETRY_AFTER_NOT_READY_SECONDS)
+        # A blank header is no key (the store would otherwise bind the empty string as one).
+        idempotency_key = (idempotency_key or "").strip() or None
         params = body.to_generation_params()
         body_hash = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()
         if idempotency_key:
@@ -164,7 +165,7 @@ def create_api(context: ApiContext) -> FastAPI:
         )
         record, created = await anyio.to_thread.run_sync(_create, context, record, idempotency_key, body_hash)
         if created:
-            await anyio.to_thread.run_sync(context.dispatcher.publish, request_id)
+            await anyio.to_thread.run_sync(_publish, context, request_id)
             await anyio.to_thread.run_sync(context.metrics.count, "jobs_submitted")
         return _accepted(record.request_id, urls(request, record.request_id))
 
@@ -229,10 +230,7 @@ def create_api(context: ApiContext) -> FastAPI:
         tenant: Tenant,
         filename: Annotated[str | None, Query(max_length=200)] = None,
     ) -> FileUploadResponse:
-        data = await request.body()
-        limit = max(fetch.max_image_bytes, fetch.max_audio_bytes)
-        if len(data) > limit:
-            raise PayloadTooLarge(f"The upload is larger than the {limit} byte limit.")
+        data = await _read_body(request, max(fetch.max_image_bytes, fetch.max_audio_bytes))
         if not data:
             raise ValidationFailed("The upload is empty.", details=[{"field": "body", "message": "empty"}])
         await anyio.to_thread.run_sync(_probe_any_media, data, fetch.max_audio_seconds)
@@ -246,7 +244,8 @@ def create_api(context: ApiContext) -> FastAPI:
             filename=filename,
             size_bytes=len(data),
             created_at=_utc(now),
-            expires_at=_utc(now + UPLOAD_TTL_SECONDS),
+            # Uploads are deleted with everything else stored once the retention period is over.
+            expires_at=_utc(now + context.config.queue.retention_seconds),
         )
 
     @api.get("/v1/outputs/{key:path}", responses=error_responses(404, 410), summary="Download (signed URL)")
@@ -296,6 +295,15 @@ def _create(
         raise QueueFull(retry_after=RETRY_AFTER_QUEUE_FULL_SECONDS) from None
 
 
+def _publish(context: ApiContext, request_id: str) -> None:
+    """The job is stored (accepted) by now: a failed publish must not turn into an error that makes the client
+    submit again. Its pending mark stays, so the dispatcher's sweep publishes it after the grace period."""
+    try:
+        context.dispatcher.publish(request_id)
+    except Exception:
+        logger.warning("publishing job %s failed; the sweep will publish it", request_id, exc_info=True)
+
+
 async def _checked_input(context: ApiContext, reference: str, kind: InputKind, tenant: str) -> bytes:
     try:
         resolved = await context.resolver.resolve(reference, kind=kind, tenant=tenant)
@@ -308,6 +316,21 @@ async def _checked_input(context: ApiContext, reference: str, kind: InputKind, t
         await anyio.to_thread.run_sync(context.metrics.record_fetch_failure, error.code)
         raise
     return resolved.data
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes ``limit`` (declared or streamed), never held beyond it."""
+    declared = request.headers.get("content-length", "")
+    too_large = PayloadTooLarge(f"The upload is larger than the {limit} byte limit.")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _probe_any_media(data: bytes, max_audio_seconds: float) -> None:

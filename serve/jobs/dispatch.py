@@ -62,6 +62,8 @@ class Dispatcher:
         self._redis.zadd(self._pending, {request_id: self._clock()})
 
     def publish(self, request_id: str) -> None:
+        """Publish, keeping (or leaving) the pending mark until the transport took the message."""
+        self._redis.zadd(self._pending, {request_id: self._clock()}, nx=True)
         self._publish(request_id)
         self._redis.zrem(self._pending, request_id)
 

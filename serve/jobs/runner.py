@@ -172,13 +172,15 @@ class JobRunner:
             logger.warning("job %s: lease lost mid-run; another execution owns it", request_id)
             return None
         except Stopping:
-            if self._store.release(request_id, worker_id):
-                self._republish(request_id)
+            if not self._store.release(request_id, worker_id):
+                return None
+            self._republish(request_id)
             logger.info("job %s handed back to the queue (replica stopping)", request_id)
             return JobStatus.IN_QUEUE
         except PipelineError as error:
             # Bad media or settings found late: the job's own fault, so retrying cannot help.
-            self._store.fail(request_id, worker_id, JobError(error.code, error.message))
+            if not self._store.fail(request_id, worker_id, JobError(error.code, error.message)):
+                return None
             return self._finished(request_id, JobStatus.FAILED)
         except Exception:
             # Unknown failure (OOM, a bug): leave the lease to expire so the reaper retries the job on a
