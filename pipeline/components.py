@@ -95,7 +95,7 @@ def _build(preset: Preset, device: torch.device, dtype: torch.dtype, with_audio:
         preset=preset,
         device=device,
         dtype=dtype,
-        transformer=dit.build_transformer(preset.transformer, seed).to(device, dtype),
+        transformer=dit.build_transformer(preset.transformer, seed, device=device, dtype=dtype),
         vae=vae.build_vae(preset.vae, seed).to(device, dtype),
         text_encoder=text,
         image_encoder=clip.build_image_encoder(preset.image_encoder, seed).to(device, dtype),

@@ -55,8 +55,6 @@ def load_state_dict_strict(
     """
     check_state_dict(module, state_dict, source)
     if dtype is not None:
-        state_dict = {
-            k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state_dict.items()
-        }
+        state_dict = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state_dict.items()}
     module.load_state_dict(dict(state_dict), strict=True, assign=True)
     return module

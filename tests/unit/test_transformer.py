@@ -226,6 +226,7 @@ def test_bf16_build_keeps_the_sensitive_parts_in_fp32():
         ("audio_embeds", torch.zeros(1, 8, 5, 12, 32), "audio_embeds"),
         ("audio_embeds", torch.zeros(1, 9, 5, 12, 16), "audio_embeds"),
         ("timestep", torch.zeros(2), "timestep"),
+        ("encoder_hidden_states", torch.zeros(1, 256, 32), "encoder_hidden_states"),
         ("hidden_states", torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH), "hidden_states"),
         ("hidden_states", torch.zeros(1, 36, FRAMES, HEIGHT, 5), "patch"),
     ],

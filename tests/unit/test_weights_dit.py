@@ -1,4 +1,4 @@
-"""Loading the DiT strictly from the original Wan2.1 layout, the diffusers layout and the InfiniteTalk adapter.
+"""Loading the DiT strictly: original Wan2.1 layout, diffusers layout, the InfiniteTalk adapter, LoRAs.
 
 Checkpoints are written at tiny sizes with the official key names, spelled out below from Wan-Video/Wan2.1
 ``wan/modules/model.py`` (``WanModel``, i2v) and MeiGen-AI/InfiniteTalk ``wan/modules/multitalk_model.py``.
@@ -150,6 +150,12 @@ def _run(model: torch.nn.Module) -> torch.Tensor:
         return model(**_inputs())
 
 
+def _assert_same_output(model: torch.nn.Module, expected: torch.Tensor) -> None:
+    # Same weights, but tensors read from a file sit at other memory alignments, which can change CPU kernels'
+    # summation order by an ulp or so: hence not bit-exact.
+    torch.testing.assert_close(_run(model), expected, rtol=1e-5, atol=1e-5)
+
+
 def _save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, str(path))
@@ -246,11 +252,11 @@ def test_convert_official_state_dict_gives_our_keys(source, official):
 
 
 def test_load_official_state_dict_reproduces_the_model(official, expected):
-    with torch.device("meta"):
-        model = InfiniteTalkTransformer3DModel(**CONFIG)
     model = build_transformer(CONFIG, seed=99)
     load_official_state_dict(model, official)
-    torch.testing.assert_close(_run(model), expected, rtol=0, atol=0)
+    # Adopted, not copied: a meta-device model costs no second copy.
+    assert model.blocks[0].attn1.to_q.weight.data_ptr() == official["blocks.0.self_attn.q.weight"].data_ptr()
+    _assert_same_output(model, expected)
 
 
 def test_load_official_state_dict_names_a_missing_tensor(official):
@@ -265,13 +271,13 @@ def test_original_layout_loads_strictly(tmp_path, official, expected, index):
     model = load_transformer(wan, adapter, config=CONFIG)
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
-    torch.testing.assert_close(_run(model), expected, rtol=0, atol=0)
+    _assert_same_output(model, expected)
 
 
 def test_diffusers_layout_loads_strictly(tmp_path, source, official, original_dirs, expected):
     wan = write_diffusers(tmp_path, source, official)
     model = load_transformer(wan, original_dirs[1], config=CONFIG)
-    torch.testing.assert_close(_run(model), expected, rtol=0, atol=0)
+    _assert_same_output(model, expected)
     original = load_transformer(original_dirs[0], original_dirs[1], config=CONFIG)
     for (name, a), (_, b) in zip(model.state_dict().items(), original.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
@@ -319,7 +325,8 @@ def _with(
         ),
         (
             {"add": {"blocks.0.ffn.0.weight": torch.zeros(3, 3)}},
-            r"mis-shaped tensors: blocks\.0\.ffn\.net\.0\.proj\.weight \(checkpoint \(3, 3\).*blocks\.0\.ffn\.0\.weight",
+            r"mis-shaped tensors: blocks\.0\.ffn\.net\.0\.proj\.weight \(checkpoint \(3, 3\)"
+            r".*from blocks\.0\.ffn\.0\.weight in diffusion_pytorch_model-",
         ),
     ],
 )
@@ -336,7 +343,7 @@ def test_missing_files_are_named(tmp_path, official, original_dirs):
     with pytest.raises(WeightsError, match="does not exist"):
         load_transformer(tmp_path / "absent", adapter, config=CONFIG)
     with pytest.raises(WeightsError, match=re.escape(str(tmp_path / "lora.safetensors"))):
-        load_transformer(wan, adapter, config=CONFIG, lora=[(tmp_path / "lora.safetensors", 1.0)])
+        load_transformer(wan, adapter, config=CONFIG, loras=[(tmp_path / "lora.safetensors", 1.0)])
 
     listed, _ = write_original(tmp_path / "listed", official)
     (listed / "diffusion_pytorch_model-00002-of-00003.safetensors").unlink()
@@ -348,7 +355,9 @@ def test_missing_files_are_named(tmp_path, official, original_dirs):
     with pytest.raises(WeightsError, match=r"diffusion_pytorch_model-00003-of-00003\.safetensors: missing"):
         load_transformer(numbered, adapter, config=CONFIG)
 
-    empty, _ = write_original(tmp_path / "empty", {}, index=False)
+    empty, _ = write_original(tmp_path / "empty", official, index=False)
+    for shard in empty.glob("*.safetensors"):
+        shard.unlink()
     with pytest.raises(WeightsError, match="no DiT weights"):
         load_transformer(empty, adapter, config=CONFIG)
 
@@ -379,7 +388,7 @@ def test_unreadable_or_duplicated_tensors_are_named(tmp_path, official, original
         {"head.head.weight": official["head.head.weight"]}
         | {k: official[k] for k in sorted(k for k in official if not is_adapter_key(k))[1::3]},
     )
-    with pytest.raises(WeightsError, match="head.head.weight appears twice"):
+    with pytest.raises(WeightsError, match=r"head\.head\.weight appears twice"):
         load_transformer(twice, adapter2, config=CONFIG)
 
 
@@ -395,7 +404,7 @@ def test_loras_are_fused_at_load_time(tmp_path, original_dirs, source):
             "diffusion_model.blocks.0.self_attn.q.lora_down.weight": down,
         },
     )
-    model = load_transformer(*original_dirs, config=CONFIG, lora=[(lora, 0.5)])
+    model = load_transformer(*original_dirs, config=CONFIG, loras=[(lora, 0.5)])
     expected = source.blocks[0].attn1.to_q.weight + 0.5 * (up @ down)
     torch.testing.assert_close(model.blocks[0].attn1.to_q.weight, expected, rtol=0, atol=0)
     torch.testing.assert_close(

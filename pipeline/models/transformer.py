@@ -1,0 +1,241 @@
+"""The InfiniteTalk DiT: diffusers' Wan2.1 I2V transformer plus the audio adapter (MODEL.md §2-3).
+
+Everything of Wan2.1 is diffusers' own (patch embedding, RoPE, condition embedder, attention, FFN, output
+head), so weights converted from the official layout give diffusers' verified numerics. Added: ``audio_proj``
+at model level, and in every block ``norm_x`` + ``audio_cross_attn`` between the text/image cross-attention
+and the FFN, as a plain residual (no modulation, no gate).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.normalization import FP32LayerNorm
+from diffusers.models.transformers.transformer_wan import WanTransformer3DModel, WanTransformerBlock
+
+from pipeline.models.audio_adapter import AudioProjModel
+from pipeline.models.audio_attention import AudioCrossAttention
+
+TEXT_TOKENS = 512
+
+
+class InfiniteTalkTransformerBlock(WanTransformerBlock):
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int,
+        num_heads: int,
+        qk_norm: str | None,
+        cross_attn_norm: bool,
+        eps: float,
+        added_kv_proj_dim: int | None,
+        audio_token_dim: int,
+    ) -> None:
+        super().__init__(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps, added_kv_proj_dim)
+        self.norm_x = FP32LayerNorm(dim, eps, elementwise_affine=True)
+        self.audio_cross_attn = AudioCrossAttention(dim, audio_token_dim, num_heads)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        audio_tokens: torch.Tensor,
+    ) -> torch.Tensor:
+        """diffusers' Wan2.1 block step for step, with the audio residual inserted before the FFN."""
+        shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
+            self.scale_shift_table + temb.float()
+        ).chunk(6, dim=1)
+
+        norm_hidden_states = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(
+            hidden_states
+        )
+        attn_output = self.attn1(norm_hidden_states, None, None, rotary_emb)
+        hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
+
+        norm_hidden_states = self.norm2(hidden_states.float()).type_as(hidden_states)
+        hidden_states = hidden_states + self.attn2(norm_hidden_states, encoder_hidden_states, None, None)
+
+        hidden_states = hidden_states + self.audio_cross_attn(self.norm_x(hidden_states), audio_tokens)
+
+        norm_hidden_states = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(
+            hidden_states
+        )
+        ff_output = self.ffn(norm_hidden_states)
+        return (hidden_states.float() + ff_output.float() * c_gate_msa).type_as(hidden_states)
+
+
+class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
+    """Wan2.1 I2V DiT with InfiniteTalk's single-speaker audio conditioning.
+
+    Takes ``WanTransformer3DModel``'s arguments plus the audio adapter's; all of them are in ``config``, so
+    ``save_config``/``from_config`` round-trip. Wan2.2's per-token timesteps, context parallelism and training
+    (gradient checkpointing) are not supported: this is the inference model of InfiniteTalk.
+    """
+
+    _no_split_modules: ClassVar[list[str]] = ["InfiniteTalkTransformerBlock"]
+    _repeated_blocks: ClassVar[list[str]] = ["InfiniteTalkTransformerBlock"]
+    _keep_in_fp32_modules: ClassVar[list[str]] = [
+        *WanTransformer3DModel._keep_in_fp32_modules,
+        "norm_x",
+        "norm",
+    ]
+    # Per-frame audio attention needs whole latent frames; diffusers' sequence split does not keep them.
+    _cp_plan = None
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: tuple[int, ...] = (1, 2, 2),
+        num_attention_heads: int = 40,
+        attention_head_dim: int = 128,
+        in_channels: int = 36,
+        out_channels: int = 16,
+        text_dim: int = 4096,
+        freq_dim: int = 256,
+        ffn_dim: int = 13824,
+        num_layers: int = 40,
+        cross_attn_norm: bool = True,
+        qk_norm: str | None = "rms_norm_across_heads",
+        eps: float = 1e-6,
+        image_dim: int | None = 1280,
+        added_kv_proj_dim: int | None = 5120,
+        rope_max_seq_len: int = 1024,
+        pos_embed_seq_len: int | None = None,
+        audio_window: int = 5,
+        audio_layers: int = 12,
+        audio_dim: int = 768,
+        audio_intermediate_dim: int = 512,
+        audio_tokens: int = 32,
+        audio_token_dim: int = 768,
+    ) -> None:
+        if image_dim is None:
+            raise ValueError("InfiniteTalk is image-to-video: image_dim must be set")
+        # The parent builds its blocks from num_layers; build none there and ours here, so no block is built
+        # twice (a real waste at 14B), then put the true count back into the config.
+        super().__init__(
+            patch_size=patch_size,
+            num_attention_heads=num_attention_heads,
+            attention_head_dim=attention_head_dim,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            text_dim=text_dim,
+            freq_dim=freq_dim,
+            ffn_dim=ffn_dim,
+            num_layers=0,
+            cross_attn_norm=cross_attn_norm,
+            qk_norm=qk_norm,
+            eps=eps,
+            image_dim=image_dim,
+            added_kv_proj_dim=added_kv_proj_dim,
+            rope_max_seq_len=rope_max_seq_len,
+            pos_embed_seq_len=pos_embed_seq_len,
+        )
+        self.register_to_config(num_layers=num_layers)
+        inner_dim = num_attention_heads * attention_head_dim
+        self.blocks.extend(
+            InfiniteTalkTransformerBlock(
+                inner_dim,
+                ffn_dim,
+                num_attention_heads,
+                qk_norm,
+                cross_attn_norm,
+                eps,
+                added_kv_proj_dim,
+                audio_token_dim,
+            )
+            for _ in range(num_layers)
+        )
+        self.audio_proj = AudioProjModel(
+            window=audio_window,
+            layers=audio_layers,
+            channels=audio_dim,
+            intermediate_dim=audio_intermediate_dim,
+            tokens=audio_tokens,
+            token_dim=audio_token_dim,
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states_image: torch.Tensor,
+        audio_embeds: torch.Tensor,
+    ) -> torch.Tensor:
+        """Predicted velocity ``[B, out_channels, F, H, W]``.
+
+        ``hidden_states`` ``[B, in_channels, F, H, W]`` (noisy latent ‖ ``y``), ``timestep`` ``[B]`` (0-1000),
+        ``encoder_hidden_states`` ``[B, 512, text_dim]`` (zero-padded umT5), ``encoder_hidden_states_image``
+        ``[B, 257, image_dim]`` (CLIP), ``audio_embeds`` ``[B, 4·(F−1)+1, window, audio_layers, audio_dim]``.
+        """
+        batch, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.config.patch_size
+        grid = (frames // p_t, height // p_h, width // p_w)
+        self._check_inputs(hidden_states, timestep, encoder_hidden_states, audio_embeds)
+
+        rotary_emb = self.rope(hidden_states)
+        hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
+
+        temb, timestep_proj, encoder_hidden_states, encoder_hidden_states_image = self.condition_embedder(
+            timestep, encoder_hidden_states, encoder_hidden_states_image
+        )
+        timestep_proj = timestep_proj.unflatten(1, (6, -1))
+        encoder_hidden_states = torch.cat([encoder_hidden_states_image, encoder_hidden_states], dim=1)
+        audio_tokens = self.audio_proj(audio_embeds.to(self.audio_proj.proj1.weight.dtype))
+
+        for block in self.blocks:
+            hidden_states = block(
+                hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, audio_tokens
+            )
+
+        shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+        hidden_states = (self.norm_out(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)
+        hidden_states = self.proj_out(hidden_states)
+
+        hidden_states = hidden_states.reshape(batch, *grid, p_t, p_h, p_w, -1)
+        hidden_states = hidden_states.permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return hidden_states.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def _check_inputs(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        audio_embeds: torch.Tensor,
+    ) -> None:
+        if hidden_states.ndim != 5 or hidden_states.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"hidden_states must be [batch, {self.config.in_channels}, frames, height, width], "
+                f"got {tuple(hidden_states.shape)}"
+            )
+        batch, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.config.patch_size
+        if frames % p_t or height % p_h or width % p_w:
+            raise ValueError(
+                f"hidden_states {tuple(hidden_states.shape)} is not a multiple of the patch size"
+            )
+        # diffusers' Wan attention splits image from text tokens by assuming exactly 512 text tokens.
+        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[:2] != (batch, TEXT_TOKENS):
+            raise ValueError(
+                f"encoder_hidden_states must be [{batch}, {TEXT_TOKENS}, text_dim] (zero-padded), "
+                f"got {tuple(encoder_hidden_states.shape)}"
+            )
+        if timestep.ndim != 1 or timestep.shape[0] != batch:
+            raise ValueError(f"timestep must be [{batch}], got {tuple(timestep.shape)}")
+        expected = (
+            batch,
+            self.audio_proj.temporal_stride * (frames - 1) + 1,
+            self.config.audio_window,
+            self.config.audio_layers,
+            self.config.audio_dim,
+        )
+        if tuple(audio_embeds.shape) != expected:
+            raise ValueError(
+                f"audio_embeds must be {list(expected)} for {frames} latent frames, "
+                f"got {list(audio_embeds.shape)}"
+            )
