@@ -12,7 +12,6 @@ from typing import Any
 
 from ray import serve
 from ray.serve import Application
-from ray.serve.config import AutoscalingPolicy
 from ray.serve.task_consumer import task_consumer
 
 from serve.config import AppConfig
@@ -22,8 +21,6 @@ from serve.deployments.sampler import Sampler
 from serve.services import resolve_redis_url
 from serve.tasks import task_processor_config
 
-SAMPLER_POLL_SECONDS = 2.0
-
 
 def build_app(args: dict[str, Any]) -> Application:
     config = AppConfig.model_validate(args).with_absolute_paths(Path.cwd())
@@ -32,24 +29,13 @@ def build_app(args: dict[str, Any]) -> Application:
 
     audio_encoder = serve.deployment(AudioEncoder, name="AudioEncoder", max_ongoing_requests=4)
     sampler_cls = task_consumer(task_processor_config=task_processor_config(redis_url))(Sampler)
+    # Replica counts and autoscaling (with serve.autoscaling:BacklogPolicy) come from the config file's
+    # deployments section: Ray replaces a code-level autoscaling_config whole with the file's.
     sampler = serve.deployment(
         sampler_cls,
         name="Sampler",
         max_ongoing_requests=1,
         graceful_shutdown_timeout_s=config.queue.drain_seconds + 30,
-        autoscaling_config={
-            "min_replicas": 1,
-            "max_replicas": 1,
-            "policy": AutoscalingPolicy(
-                policy_function="serve.autoscaling:BacklogPolicy",
-                policy_kwargs={
-                    "redis_url": redis_url if config.redis.resolved_url() is None else None,
-                    "redis_url_env": config.redis.url_env,
-                    "namespace": config.redis.namespace,
-                    "poll_interval_s": SAMPLER_POLL_SECONDS,
-                },
-            ),
-        },
     )
     ingress = serve.deployment(Ingress, name="Ingress")
     return ingress.bind(plain, redis_url, sampler.bind(plain, redis_url, audio_encoder.bind(plain)))
