@@ -46,19 +46,39 @@ def _probe(path):
     return frames, size, rate, codec, seconds
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("width", "height", "frames"), [(480, 720, 125), (960, 540, 125), (720, 480, 250)])
-def test_mp4_has_exact_frames_size_rate_and_audio_length(
-    tiny_pipeline, portrait, speech, tmp_path, width, height, frames
-):
-    out = tmp_path / "out.mp4"
-    tiny_pipeline.generate_to_file(_request(portrait, speech, width=width, height=height, frames=frames), out)
-    decoded_frames, size, rate, codec, audio_seconds = _probe(out)
+@pytest.fixture(scope="module")
+def clip_960x540(tiny_pipeline, portrait, speech, tmp_path_factory):
+    """One 125-frame generation shared by the tests that inspect its file, latents and progress."""
+    path = tmp_path_factory.mktemp("clip") / "out.mp4"
+    progress = []
+    request = _request(portrait, speech, width=960, height=540, frames=125)
+    output = tiny_pipeline.generate_to_file(request, path, progress=progress.append)
+    return request, output, path, progress
+
+
+def _assert_mp4(path, width, height, frames):
+    decoded_frames, size, rate, codec, audio_seconds = _probe(path)
     assert decoded_frames == frames
     assert size == (width, height)
     assert rate == 25
     assert codec == "aac"
     assert abs(audio_seconds - frames / 25) <= AAC_FRAME_SECONDS
+
+
+@pytest.mark.slow
+def test_125_frames_at_960x540(clip_960x540):
+    _, _, path, _ = clip_960x540
+    _assert_mp4(path, 960, 540, 125)
+
+
+@pytest.mark.slow
+def test_250_frames_at_a_portrait_size(tiny_pipeline, portrait, speech, tmp_path):
+    out = tmp_path / "out.mp4"
+    output = tiny_pipeline.generate_to_file(
+        _request(portrait, speech, width=480, height=720, frames=250), out
+    )
+    assert len(output.chunk_latents) == 4
+    _assert_mp4(out, 480, 720, 250)
 
 
 @pytest.mark.slow
@@ -74,11 +94,8 @@ def test_same_seed_same_latents_different_seed_differs(tiny_pipeline, portrait, 
 
 
 @pytest.mark.slow
-def test_motion_latents_are_clean_reencoded_last_nine_frames(
-    tiny_pipeline, tiny_components, portrait, speech
-):
-    request = _request(portrait, speech, width=480, height=480, frames=125)
-    output = tiny_pipeline.generate(request)
+def test_motion_latents_are_clean_reencoded_last_nine_frames(tiny_components, portrait, clip_960x540):
+    request, output, _, _ = clip_960x540
     assert len(output.chunk_latents) == 2
     vae = tiny_components.vae
     width, height = output.working_size
@@ -110,11 +127,8 @@ def test_guidance_batches_cond_and_negative_only_when_cfg_is_not_one(
 
 
 @pytest.mark.slow
-def test_progress_reports_every_step_of_every_chunk(tiny_pipeline, portrait, speech):
-    seen = []
-    tiny_pipeline.generate(
-        _request(portrait, speech, width=256, height=256, frames=125), progress=seen.append
-    )
+def test_progress_reports_every_step_of_every_chunk(clip_960x540):
+    *_, seen = clip_960x540
     assert [(p.chunk, p.step) for p in seen] == [(0, 1), (0, 2), (1, 1), (1, 2)]
     assert seen[-1].fraction == 1.0 and seen[-1].eta_seconds == 0.0
 

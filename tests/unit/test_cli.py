@@ -1,0 +1,101 @@
+"""The CLI's error paths: a message naming the file and the problem, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import wave
+
+import pytest
+
+from pipeline.cli import main, parse_lora, parse_size
+from pipeline.errors import InputError, SizeError
+
+
+@pytest.fixture
+def empty_wav(tmp_path):
+    path = tmp_path / "empty.wav"
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(16000)
+    return path
+
+
+def _run(capsys, *args: str) -> tuple[int, str]:
+    code = main(["generate", *args])
+    return code, capsys.readouterr().err
+
+
+def _args(image, audio, out, *extra: str) -> list[str]:
+    return ["--image", str(image), "--audio", str(audio), "--out", str(out), "--frames", "81", *extra]
+
+
+def test_unreadable_image(capsys, tmp_path, assets):
+    text = tmp_path / "portrait.png"
+    text.write_text("not an image")
+    code, err = _run(capsys, *_args(text, assets / "speech.wav", tmp_path / "o.mp4"))
+    assert code == 2 and "portrait.png" in err and "Traceback" not in err
+
+
+def test_missing_image(capsys, tmp_path, assets):
+    code, err = _run(capsys, *_args(tmp_path / "nope.png", assets / "speech.wav", tmp_path / "o.mp4"))
+    assert code == 2 and "nope.png" in err
+
+
+def test_undecodable_audio(capsys, tmp_path, assets):
+    fake = tmp_path / "speech.mp3"
+    fake.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    code, err = _run(capsys, *_args(assets / "portrait.png", fake, tmp_path / "o.mp4"))
+    assert code == 2 and "speech.mp3" in err and "Traceback" not in err
+
+
+def test_empty_audio(capsys, tmp_path, assets, empty_wav):
+    code, err = _run(capsys, *_args(assets / "portrait.png", empty_wav, tmp_path / "o.mp4"))
+    assert code == 2 and "empty.wav" in err
+
+
+def test_bad_size(capsys, tmp_path, assets):
+    code, err = _run(
+        capsys,
+        *_args(assets / "portrait.png", assets / "speech.wav", tmp_path / "o.mp4", "--size", "721x720"),
+    )
+    assert code == 2 and "721x720" in err
+
+
+def test_missing_weights_directory(capsys, tmp_path, assets):
+    code, err = _run(
+        capsys,
+        *_args(
+            assets / "portrait.png",
+            assets / "speech.wav",
+            tmp_path / "o.mp4",
+            "--weights",
+            str(tmp_path / "w"),
+        ),
+    )
+    assert code == 2 and str(tmp_path / "w") in err and "does not exist" in err
+
+
+def test_weights_directory_without_wan_folder(capsys, tmp_path, assets):
+    (tmp_path / "w").mkdir()
+    code, err = _run(
+        capsys,
+        *_args(
+            assets / "portrait.png",
+            assets / "speech.wav",
+            tmp_path / "o.mp4",
+            "--weights",
+            str(tmp_path / "w"),
+        ),
+    )
+    assert code == 2 and "Wan2.1-I2V-14B-480P" in err
+
+
+def test_size_and_lora_parsing():
+    assert parse_size("960x540 (16:9)") == (960, 540)
+    assert parse_size("720X720") == (720, 720)
+    with pytest.raises(SizeError):
+        parse_size("big")
+    assert parse_lora("/m/l.safetensors:0.8").scale == 0.8
+    assert parse_lora("/m/l.safetensors").scale == 1.0
+    with pytest.raises(InputError, match="scale"):
+        parse_lora("/m/l.safetensors:strong")
