@@ -28,6 +28,9 @@ from serve.tasks import TASK_NAME, TaskPublisher
 
 logger = logging.getLogger("ray.serve")
 
+# Far above a real encode (seconds) plus a replaced encoder replica's start (tens of seconds).
+AUDIO_ENCODE_TIMEOUT_SECONDS = 600.0
+
 
 class Sampler:
     def __init__(self, config: dict[str, Any], redis_url: str, audio_encoder: DeploymentHandle) -> None:
@@ -65,7 +68,15 @@ class Sampler:
             return f"pid{os.getpid()}"
 
     def _encode_speech(self, speech, frames: int):
-        return self._audio_encoder.encode.remote(speech, frames).result()
+        # Bounded: the heartbeat keeps the lease alive while this thread waits, so an encoder that never
+        # comes back would hold the job in_progress forever. A timeout fails this attempt; the lease then
+        # expires and the reaper retries the job (or fails it after max_attempts).
+        response = self._audio_encoder.encode.remote(speech, frames)
+        try:
+            return response.result(timeout_s=AUDIO_ENCODE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            response.cancel()
+            raise
 
     def _record_finished(self, record: JobRecord) -> None:
         metrics = self._services.metrics
