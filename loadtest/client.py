@@ -1,0 +1,207 @@
+"""A small synchronous client of the job API, shared by the runner's drain, the fault battery and the tests.
+
+Locust users make their own requests (through Locust's client, so they are measured); this client is for
+the bookkeeping around a run: following every accepted job to a terminal state, cancelling what is still
+queued, and checking that a completed job's result is one single, downloadable video.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+MODEL_PATH = "/v1/models/community/infinite-talk/image-to-video"
+EXAMPLE_IMAGE = "Runcomfy_example_1278_1.png"
+EXAMPLE_AUDIO = "Runcomfy_example_1278_1.mp3"
+DEFAULT_PROMPT = "a woman is talking and waving hands"
+SMALLEST_SIZE = "480x480 (1:1)"
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+DEFAULT_TOKEN = "local-dev-token"
+
+
+def job_body(
+    *,
+    image: str = EXAMPLE_IMAGE,
+    audio: str = EXAMPLE_AUDIO,
+    prompt: str = DEFAULT_PROMPT,
+    size: str = SMALLEST_SIZE,
+    frames: int = 125,
+    steps: int = 6,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """A submit body; the defaults make the cheapest job the API accepts (480x480, 125 frames, 6 steps)."""
+    body: dict[str, Any] = {
+        "241_positive_prompt": prompt,
+        "284_image": image,
+        "125_audio": audio,
+        "245_valuex246_value": size,
+        "270_value": frames,
+        "128_steps": steps,
+    }
+    if seed is not None:
+        body["128_seed"] = seed
+    return body
+
+
+@dataclass
+class JobOutcome:
+    """What the API last said about one job."""
+
+    request_id: str
+    status: str = "unknown"
+    attempt: int | None = None
+    error_code: str | None = None
+    created_at: str | None = None
+    finished_at: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_status(cls, body: dict[str, Any]) -> JobOutcome:
+        error = body.get("error") or {}
+        return cls(
+            request_id=body["request_id"],
+            status=body["status"],
+            attempt=body.get("attempt"),
+            error_code=error.get("code") if isinstance(error, dict) else None,
+            created_at=body.get("created_at"),
+            finished_at=body.get("finished_at"),
+        )
+
+
+@dataclass
+class DrainReport:
+    """The end state of a set of jobs after following them until a deadline."""
+
+    outcomes: dict[str, JobOutcome]
+    cancelled_by_drain: list[str] = field(default_factory=list)
+    errors: Counter[int] = field(default_factory=Counter)  # HTTP status (0: no response) -> count
+    seconds: float = 0.0
+
+    def states(self) -> Counter[str]:
+        return Counter(outcome.status for outcome in self.outcomes.values())
+
+    @property
+    def lost(self) -> list[str]:
+        """Accepted ids that never reached a terminal state."""
+        return sorted(rid for rid, outcome in self.outcomes.items() if not outcome.terminal)
+
+
+class ApiClient:
+    """One tenant's view of the API (a bearer token), over one keep-alive connection pool."""
+
+    def __init__(self, base_url: str, token: str | None = DEFAULT_TOKEN, *, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, body: dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
+        return self.http.post(MODEL_PATH, json=job_body() if body is None else body, **kwargs)
+
+    def status(self, request_id: str) -> httpx.Response:
+        return self.http.get(f"/v1/requests/{request_id}/status")
+
+    def result(self, request_id: str) -> httpx.Response:
+        return self.http.get(f"/v1/requests/{request_id}/result")
+
+    def cancel(self, request_id: str) -> httpx.Response:
+        return self.http.post(f"/v1/requests/{request_id}/cancel")
+
+    def healthy(self) -> bool:
+        try:
+            return self.http.get("/healthz", timeout=5.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def metric(self, name: str) -> float:
+        """One unlabelled sample of the app's ``/metrics`` (``KeyError`` when absent)."""
+        for line in self.http.get("/metrics", timeout=10.0).text.splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+        raise KeyError(f"{name} is not in /metrics")
+
+    def submit_accepted(self, body: dict[str, Any] | None = None) -> str:
+        """Submit and insist on a 202; the request id."""
+        response = self.submit(body)
+        if response.status_code != 202:
+            raise AssertionError(f"submit answered {response.status_code}: {response.text[:500]}")
+        return response.json()["request_id"]
+
+    def outcome(self, request_id: str) -> JobOutcome | int:
+        """The job's state, or the HTTP status (0: no response) when the API did not answer 200."""
+        try:
+            response = self.status(request_id)
+        except httpx.HTTPError:
+            return 0
+        if response.status_code != 200:
+            return response.status_code
+        return JobOutcome.from_status(response.json())
+
+    def wait_until(
+        self, request_id: str, statuses: Iterable[str], timeout: float, poll: float = 0.5
+    ) -> JobOutcome:
+        """Poll until the job is in one of ``statuses``; raises ``TimeoutError`` with its last state."""
+        wanted = frozenset(statuses)
+        deadline = time.monotonic() + timeout
+        last: JobOutcome | int = 0
+        while time.monotonic() < deadline:
+            last = self.outcome(request_id)
+            if isinstance(last, JobOutcome) and last.status in wanted:
+                return last
+            time.sleep(poll)
+        raise TimeoutError(f"job {request_id} not in {sorted(wanted)} after {timeout:.0f} s (last: {last})")
+
+    def drain(
+        self,
+        request_ids: Iterable[str],
+        *,
+        timeout: float,
+        poll: float = 1.0,
+        cancel_queued: bool = False,
+    ) -> DrainReport:
+        """Follow every id until it is terminal or ``timeout`` passes.
+
+        ``cancel_queued`` cancels the jobs still waiting in the queue first, so only the running ones have to
+        finish before the deadline (a 409 means the job started meanwhile and is simply waited for).
+        """
+        started = time.monotonic()
+        ids = list(dict.fromkeys(request_ids))
+        report = DrainReport(outcomes={rid: JobOutcome(rid) for rid in ids})
+        if cancel_queued:
+            for rid in ids:
+                current = self.outcome(rid)
+                if isinstance(current, JobOutcome) and current.status == "in_queue":
+                    response = self.cancel(rid)
+                    if response.status_code == 200:
+                        report.cancelled_by_drain.append(rid)
+        deadline = started + timeout
+        pending = set(ids)
+        while pending and time.monotonic() < deadline:
+            for rid in sorted(pending):
+                current = self.outcome(rid)
+                if isinstance(current, int):
+                    report.errors[current] += 1
+                    continue
+                report.outcomes[rid] = current
+                if current.terminal:
+                    pending.discard(rid)
+            if pending:
+                time.sleep(poll)
+        report.seconds = time.monotonic() - started
+        return report

@@ -1,0 +1,37 @@
+"""Names shared by the locustfile and the runner, in a module that does not import Locust.
+
+Importing ``locust`` monkey-patches the whole process for gevent, which the runner and the tests must not
+be; so they read the names of Locust's statistics entries from here.
+"""
+
+from __future__ import annotations
+
+import re
+
+from loadtest.client import MODEL_PATH
+
+SUBMIT_NAME = MODEL_PATH
+STATUS_NAME = "/v1/requests/[id]/status"
+RESULT_NAME = "/v1/requests/[id]/result"
+CANCEL_NAME = "/v1/requests/[id]/cancel"
+DOWNLOAD_NAME = "/v1/outputs/[key]"
+HEALTH_NAME = "/healthz"
+UNKNOWN_NAME = "/v1/requests/[unknown id]/status"
+JOB_TYPE = "JOB"
+JOB_NAME = "job end-to-end"
+# --mix: weights of job users and status pollers.
+MIXES = {"status-heavy": (1, 4), "balanced": (1, 1), "jobs": (1, 0)}
+
+_TIMESPAN = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_timespan(text: str) -> int:
+    """Seconds of a time span as Locust's ``--run-time`` reads it (``90``, ``45s``, ``2m``, ``1h30m``)."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    match = _TIMESPAN.match(text)
+    if not text or match is None:
+        raise ValueError(f"not a time span: {text!r} (e.g. 45s, 2m, 1h30m)")
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
