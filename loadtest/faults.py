@@ -45,7 +45,9 @@ import httpx
 import yaml
 
 from loadtest.client import DEFAULT_TOKEN, ApiClient, JobOutcome, job_body
-from loadtest.stack import APP_NAME, find_replicas
+from loadtest.stack import APP_NAME, find_replicas, is_constructed
+from serve.config import AppConfig
+from serve.jobs import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +78,6 @@ class FaultTarget:
         cls, config_path: Path, base_url: str, token: str = DEFAULT_TOKEN, root_pid: int | None = None
     ) -> FaultTarget:
         """Read Redis, storage and queue settings from a Serve config (relative paths: from the cwd)."""
-        from serve.config import AppConfig
-
         document = yaml.safe_load(config_path.read_text())
         app = document["applications"][0]
         config = AppConfig.model_validate(app.get("args", {})).with_absolute_paths(Path.cwd())
@@ -153,35 +153,20 @@ class Prober(threading.Thread):
         self._ids = request_ids
         self._stop_event = threading.Event()
         self.errors: Counter[int] = Counter()
-        self.health: list[tuple[float, bool]] = []
 
     def run(self) -> None:
         while not self._stop_event.wait(PROBE_INTERVAL_S):
-            self._probe("/healthz", health=True)
+            self._probe("/healthz")
             for rid in list(self._ids):
                 self._probe(f"/v1/requests/{rid}/status")
 
-    def _probe(self, path: str, *, health: bool = False) -> None:
+    def _probe(self, path: str) -> None:
         try:
             status = self._client.http.get(path).status_code
         except httpx.HTTPError:
             status = 0
         if status >= 400 or status == 0:
             self.errors[status] += 1
-        if health:
-            self.health.append((time.monotonic(), status == 200))
-
-    def healthy_again_after(self, since: float) -> float | None:
-        """Seconds from ``since`` to the first healthy answer that follows an unhealthy one (or the first)."""
-        seen_down = False
-        for at, ok in self.health:
-            if at < since:
-                continue
-            if not ok:
-                seen_down = True
-            elif seen_down:
-                return at - since
-        return None
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -213,19 +198,13 @@ def wait_new_replica(target: FaultTarget, deployment: str, old: list[int], timeo
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         for process in find_replicas(deployment, root_pid=target.root_pid, app=target.app):
-            try:
-                title = " ".join(process.cmdline()).strip()
-            except Exception:  # exited meanwhile
-                continue
-            if process.pid not in old and not title.endswith(".__init__"):
+            if process.pid not in old and is_constructed(process):
                 return time.monotonic() - started
         time.sleep(0.5)
     return None
 
 
-def _embedded_redis(target: FaultTarget) -> Any:
-    from serve.jobs import EmbeddedRedis
-
+def _embedded_redis(target: FaultTarget) -> EmbeddedRedis:
     return EmbeddedRedis(target.redis_dir, port=target.redis_port)
 
 

@@ -9,10 +9,15 @@ processes only among its own descendants.
 
 ``serve run`` is told ``RAY_ADDRESS=local`` so it always starts a fresh Ray instead of attaching to one that
 happens to run on the machine.
+
+CLI, for running the batteries by hand: ``python -m loadtest.stack start DIR`` starts a battery stack
+(``battery_settings``) in DIR and returns once it serves, printing its URL and root pid;
+``python -m loadtest.stack stop DIR`` stops it.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -30,6 +35,7 @@ import psutil
 import yaml
 
 from loadtest.client import ApiClient
+from serve.jobs import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
 
@@ -170,13 +176,15 @@ class LocalStack:
         self.settings = settings
         self._process: subprocess.Popen[bytes] | None = None
         self._attached_pid: int | None = None
+        self._owned = True
         self._log = settings.workdir / "stack.log"
 
     @classmethod
-    def attach(cls, settings: StackSettings) -> LocalStack:
+    def attach(cls, settings: StackSettings, *, take_ownership: bool = False) -> LocalStack:
         """A handle on a stack started earlier with these settings (its pid is in the work directory).
 
-        ``stop`` leaves an attached stack running: whoever started it stops it.
+        ``stop`` leaves an attached stack running unless ``take_ownership``: by default whoever started it
+        stops it.
         """
         stack = cls(settings)
         try:
@@ -186,6 +194,7 @@ class LocalStack:
         if not psutil.pid_exists(pid):
             raise StackError(f"the stack of {settings.workdir} (pid {pid}) is not running")
         stack._attached_pid = pid
+        stack._owned = take_ownership
         return stack
 
     @property
@@ -265,7 +274,7 @@ class LocalStack:
 
     def replica_ready(self, deployment: str) -> bool:
         """A replica exists whose actor constructor has returned (Ray retitles the process then)."""
-        return any(_constructed(process) for process in self.replica_processes(deployment))
+        return any(is_constructed(process) for process in self.replica_processes(deployment))
 
     def stop(self, timeout: float = 60.0) -> None:
         """Ctrl-C the stack (Serve and Ray shut down), kill what outlived it, then stop the embedded Redis.
@@ -273,22 +282,28 @@ class LocalStack:
         Redis is a child of the stack's process too; it is shut down cleanly last (never killed), so its AOF
         is complete for the next start.
         """
+        if not self._owned:
+            return
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            leftovers = [p for p in _descendants(process.pid) if "redis-server" not in _name(p)]
-            process.send_signal(signal.SIGINT)
+        pid = process.pid if process is not None else self._attached_pid
+        try:
+            root = psutil.Process(pid) if pid is not None else None
+        except psutil.NoSuchProcess:
+            root = None
+        if root is not None and root.is_running():
+            leftovers = [p for p in _descendants(root.pid) if "redis-server" not in _name(p)]
+            root.send_signal(signal.SIGINT)
             try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
+                root.wait(timeout)
+            except psutil.TimeoutExpired:
                 logger.warning("the stack ignored SIGINT for %.0f s; killing its processes", timeout)
-                leftovers.append(psutil.Process(process.pid))
+                leftovers.append(root)
             _kill_all(leftovers)
+        if process is not None:
             process.wait(10)
         self.stop_redis()
 
     def stop_redis(self) -> None:
-        from serve.jobs import EmbeddedRedis
-
         EmbeddedRedis(self.settings.redis_dir, port=self.settings.redis_port).start().stop()
 
     def log_tail(self, lines: int = 40) -> str:
@@ -339,7 +354,8 @@ def _name(process: psutil.Process) -> str:
         return ""
 
 
-def _constructed(process: psutil.Process) -> bool:
+def is_constructed(process: psutil.Process) -> bool:
+    """The replica's actor constructor has returned (Ray retitles the process then)."""
     try:
         return not _title(process).endswith(".__init__")
     except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -364,3 +380,21 @@ def _kill_all(processes: list[psutil.Process]) -> None:
         except psutil.NoSuchProcess:
             continue
     psutil.wait_procs(processes, timeout=10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.stack", description="A battery stack.")
+    parser.add_argument("command", choices=["start", "stop"])
+    parser.add_argument("workdir", type=Path, help="scratch directory of the stack (config, Redis, storage)")
+    args = parser.parse_args(argv)
+    workdir = args.workdir.resolve()
+    if args.command == "stop":
+        LocalStack.attach(StackSettings.from_workdir(workdir), take_ownership=True).stop()
+        return 0
+    stack = LocalStack(battery_settings(workdir)).start()
+    print(f"serving {stack.base_url} (root pid {stack.pid}, config {stack.settings.config_path})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
