@@ -458,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=Path("configs/local.yaml"))
     parser.add_argument("--root-pid", type=int, default=None, help="only touch replicas under this process")
     parser.add_argument("--json", type=Path, default=None, help="write the reports to this file")
+    parser.add_argument("--redis-downtime", type=float, default=3.0, help="seconds Redis stays down")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -465,7 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     names = list(SCENARIOS) if "all" in args.scenarios else list(dict.fromkeys(args.scenarios))
     reports = []
     for name in names:
-        report = SCENARIOS[name](target)
+        if name == "restart-redis":
+            report = restart_redis(target, downtime=args.redis_downtime)
+        else:
+            report = SCENARIOS[name](target)
         reports.append(report)
         print(report.render(), flush=True)
     if args.json is not None:
