@@ -145,7 +145,7 @@ class FaultReport:
 
 
 class Prober(threading.Thread):
-    """Polls ``/healthz`` and the status of some jobs a few times a second, recording every answer."""
+    """Polls ``/healthz`` and the status of some jobs a few times a second, counting error answers."""
 
     def __init__(self, target: FaultTarget, request_ids: list[str]) -> None:
         super().__init__(name="fault-prober", daemon=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -28,9 +29,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-from loadtest.client import DEFAULT_TOKEN, EXAMPLE_AUDIO, EXAMPLE_IMAGE, SMALLEST_SIZE, ApiClient
+from loadtest.client import DEFAULT_TOKEN, EXAMPLE_AUDIO, EXAMPLE_IMAGE, SMALLEST_SIZE, ApiClient, DrainReport
 from loadtest.entries import JOB_NAME, MIXES, STATUS_NAME, SUBMIT_NAME, parse_timespan
 
 HERE = Path(__file__).resolve().parent
@@ -191,7 +191,7 @@ def percentile(values: list[float], fraction: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(-(-fraction * len(ordered) // 1))))
+    rank = min(len(ordered), max(1, math.ceil(fraction * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -206,7 +206,7 @@ def summarise(
     results: Path,
     accepted: list[str],
     statuses: Counter[int],
-    drain: Any,
+    drain: DrainReport,
     stats: dict[str, dict[str, str]],
 ) -> Summary:
     states = drain.states()

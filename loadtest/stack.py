@@ -287,21 +287,28 @@ class LocalStack:
         process, self._process = self._process, None
         pid = process.pid if process is not None else self._attached_pid
         try:
+            self._stop_tree(pid, timeout)
+            if process is not None:
+                process.wait(10)
+        finally:
+            self.stop_redis()
+
+    @staticmethod
+    def _stop_tree(pid: int | None, timeout: float) -> None:
+        try:
             root = psutil.Process(pid) if pid is not None else None
         except psutil.NoSuchProcess:
-            root = None
-        if root is not None and root.is_running():
-            leftovers = [p for p in _descendants(root.pid) if "redis-server" not in _name(p)]
-            root.send_signal(signal.SIGINT)
-            try:
-                root.wait(timeout)
-            except psutil.TimeoutExpired:
-                logger.warning("the stack ignored SIGINT for %.0f s; killing its processes", timeout)
-                leftovers.append(root)
-            _kill_all(leftovers)
-        if process is not None:
-            process.wait(10)
-        self.stop_redis()
+            return
+        if root is None or not root.is_running():
+            return
+        leftovers = [p for p in _descendants(root.pid) if "redis-server" not in _name(p)]
+        root.send_signal(signal.SIGINT)
+        try:
+            root.wait(timeout)
+        except psutil.TimeoutExpired:
+            logger.warning("the stack ignored SIGINT for %.0f s; killing its processes", timeout)
+            leftovers.append(root)
+        _kill_all(leftovers)
 
     def stop_redis(self) -> None:
         EmbeddedRedis(self.settings.redis_dir, port=self.settings.redis_port).start().stop()

@@ -15,8 +15,9 @@ from pipeline.audio import decode_audio
 from pipeline.components import LoraSpec, load_components
 from pipeline.conditioning import load_image
 from pipeline.errors import InputError, PipelineError, SizeError
-from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline, Progress
+from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
 from pipeline.presets import NEGATIVE_PROMPT, PRESETS
+from pipeline.progress import Progress
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)")
 
@@ -93,12 +94,13 @@ def generate(args: argparse.Namespace) -> Path:
     )
     pipe.check_inputs(request)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=None, unit="step", desc="sampling") as bar:
+    # One unit per denoising step, per chunk decode and for the final write (pipeline.progress).
+    with tqdm(total=None, unit="unit", desc="generating") as bar:
 
         def on_progress(p: Progress) -> None:
-            bar.total = p.chunks * p.steps
+            bar.total = p.units_total
             bar.set_postfix_str(f"chunk {p.chunk + 1}/{p.chunks}")
-            bar.update(1)
+            bar.update(p.units_done - bar.n)
 
         output = pipe.generate_to_file(request, args.out, progress=on_progress)
     timings = {"load": load_seconds, **output.timings}

@@ -26,6 +26,7 @@ from pipeline.components import Components
 from pipeline.conditioning import portrait_tensor
 from pipeline.errors import CancelledError, InputError, SizeError
 from pipeline.presets import NEGATIVE_PROMPT
+from pipeline.progress import Progress, ProgressCallback, ProgressTracker, Work
 from pipeline.schedule import apply_guidance, euler_step, flow_matching_sigmas, model_timestep
 from pipeline.streaming import (
     CHUNK_FRAMES,
@@ -62,27 +63,6 @@ class GenerationRequest:
     seed: int = 96860978
     negative_prompt: str = NEGATIVE_PROMPT
     color_correction: float = 1.0
-
-
-@dataclass(frozen=True)
-class Progress:
-    chunk: int
-    chunks: int
-    step: int
-    steps: int
-    elapsed_seconds: float
-
-    @property
-    def fraction(self) -> float:
-        return (self.chunk * self.steps + self.step) / (self.chunks * self.steps)
-
-    @property
-    def eta_seconds(self) -> float | None:
-        done = self.fraction
-        return None if done <= 0 else self.elapsed_seconds * (1 - done) / done
-
-
-ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass
@@ -164,14 +144,29 @@ class InfiniteTalkPipeline:
 
     # -- the whole generation -------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def generate(
         self,
         request: GenerationRequest,
         audio_embeddings: torch.Tensor | None = None,
         progress: ProgressCallback | None = None,
     ) -> GenerationOutput:
+        tracker = self._tracker(request, progress, writes_output=False)
+        return self._generate(request, audio_embeddings, tracker)
+
+    def _tracker(
+        self, request: GenerationRequest, progress: ProgressCallback | None, *, writes_output: bool
+    ) -> ProgressTracker:
         self.check_inputs(request)
+        chunks = len(plan_chunks(request.frames))
+        return ProgressTracker(chunks, request.steps, progress, writes_output=writes_output)
+
+    @torch.inference_mode()
+    def _generate(
+        self,
+        request: GenerationRequest,
+        audio_embeddings: torch.Tensor | None,
+        tracker: ProgressTracker,
+    ) -> GenerationOutput:
         parts = self.components
         timer = StageTimer()
         width, height = working_size(request.width, request.height, parts.preset.max_working_area)
@@ -213,7 +208,7 @@ class InfiniteTalkPipeline:
         clean = first_latent
         pieces: list[torch.Tensor] = []
         chunk_latents: list[torch.Tensor] = []
-        started = time.perf_counter()
+        tracker.restart_clock()
         for chunk in chunks:
             with timer("sampling"):
                 noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
@@ -236,16 +231,7 @@ class InfiniteTalkPipeline:
                     )
                     latent = euler_step(latent, apply_guidance(velocity, request.cfg), sigma, sigma_next)
                     latent[:, :, :clean_frames] = clean
-                    if progress is not None:
-                        progress(
-                            Progress(
-                                chunk.index,
-                                len(chunks),
-                                step + 1,
-                                request.steps,
-                                time.perf_counter() - started,
-                            )
-                        )
+                    tracker.done(Work.STEP, chunk.index, step + 1)
             chunk_latents.append(latent.float().cpu())
             with timer("vae_decode"):
                 decoded = parts.vae.decode(latent.to(parts.vae_dtype))[0].float()
@@ -254,6 +240,7 @@ class InfiniteTalkPipeline:
                 if chunk.index + 1 < len(chunks):
                     motion = decoded[:, -MOTION_FRAMES:].unsqueeze(0).to(parts.vae_dtype)
                     clean = parts.vae.encode(motion).to(self.dtype)
+            tracker.done(Work.DECODE, chunk.index)
 
         video = torch.cat(pieces, dim=1)[:, : request.frames]
         video = resize_video(video, request.width, request.height)
@@ -267,11 +254,13 @@ class InfiniteTalkPipeline:
         progress: ProgressCallback | None = None,
     ) -> GenerationOutput:
         """Generate and mux an MP4 whose audio track is the speech, trimmed or padded to N/25 s."""
-        output = self.generate(request, audio_embeddings=audio_embeddings, progress=progress)
+        tracker = self._tracker(request, progress, writes_output=True)
+        output = self._generate(request, audio_embeddings, tracker)
         start = time.perf_counter()
         speech = fit_audio(request.speech, SPEECH_SAMPLE_RATE, request.frames)
         write_mp4(out_path, to_uint8_frames(output.video), speech, SPEECH_SAMPLE_RATE, FPS)
         output.timings["mux"] = time.perf_counter() - start
+        tracker.done(Work.WRITE, len(output.chunk_latents) - 1)
         return output
 
 

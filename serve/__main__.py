@@ -4,6 +4,10 @@ Redis starts here, before Ray and outside it: a process started inside a Ray wor
 worker, and the job store must outlive every replica. ``serve run`` then starts a local Ray and the app,
 finding Redis through ``INFINITETALK_REDIS_URL``. ``python -m serve down`` stops the embedded Redis (its
 data stays in the AOF file for the next ``up``).
+
+``python -m serve drain`` makes every ingress refuse new jobs with 503 + Retry-After while the queued and
+running ones finish (``--wait`` waits for that), before an upgrade or a shutdown; ``python -m serve resume``
+admits jobs again. Both work against any deployment whose Redis the config names.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import argparse
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
 from serve.config import AppConfig
-from serve.jobs import EmbeddedRedis
+from serve.jobs import EmbeddedRedis, JobStore
+from serve.services import RedisNotConfigured, Services, resolve_redis_url
 
 DEFAULT_CONFIG = Path("configs/local.yaml")
 
@@ -52,13 +58,62 @@ def down(config_path: Path) -> int:
     return 0
 
 
+def _store(config_path: Path) -> JobStore:
+    config = _app_config(config_path)
+    return Services(config, resolve_redis_url(config)).store
+
+
+def drain(config_path: Path, retry_after: int, wait_seconds: float, poll_seconds: float = 2.0) -> int:
+    """Refuse new jobs; with ``wait_seconds``, wait until no job is queued or running (exit 1 if not)."""
+    store = _store(config_path)
+    store.set_draining(retry_after)
+    print(f"draining: new jobs get 503 with Retry-After {retry_after}", file=sys.stderr)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        queued, running = store.queued_count(), store.in_progress_count()
+        if queued + running == 0:
+            print("drained: no job queued or running", file=sys.stderr)
+            return 0
+        if time.monotonic() >= deadline:
+            if wait_seconds > 0:
+                print(f"not drained: {queued} queued, {running} running", file=sys.stderr)
+            return 1 if wait_seconds > 0 else 0
+        print(f"waiting: {queued} queued, {running} running", file=sys.stderr)
+        time.sleep(poll_seconds)
+
+
+def resume(config_path: Path) -> int:
+    _store(config_path).set_draining(None)
+    print("accepting jobs", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__)
-    parser.add_argument("command", choices=["up", "down"])
+    parser = argparse.ArgumentParser(
+        prog="python -m serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=["up", "down", "drain", "resume"])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="Serve config file (YAML)")
+    parser.add_argument(
+        "--retry-after", type=int, default=60, help="drain: the Retry-After (seconds) refused clients get"
+    )
+    parser.add_argument(
+        "--wait", type=float, default=0.0, help="drain: wait up to this many seconds for the queue to empty"
+    )
     args = parser.parse_args(argv)
     if not args.config.is_file():
         print(f"error: {args.config}: no such config file", file=sys.stderr)
+        return 2
+    if args.retry_after < 1:
+        print("error: --retry-after must be at least 1 second", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "drain":
+            return drain(args.config, args.retry_after, args.wait)
+        if args.command == "resume":
+            return resume(args.config)
+    except RedisNotConfigured as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     return up(args.config) if args.command == "up" else down(args.config)
 

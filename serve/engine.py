@@ -15,7 +15,8 @@ import torch
 from pipeline.audio import decode_audio
 from pipeline.components import Components
 from pipeline.conditioning import load_image
-from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline, Progress
+from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
+from pipeline.progress import Progress
 from pipeline.streaming import chunk_count
 from serve.jobs.runner import EngineOutput, ProgressFn
 

@@ -27,6 +27,7 @@ from serve.api.errors import (
     ApiError,
     BodySizeLimit,
     Conflict,
+    Draining,
     Gone,
     NotFound,
     NotReady,
@@ -141,6 +142,9 @@ def create_api(context: ApiContext) -> FastAPI:
             )
             if existing is not None:
                 return _accepted(existing.request_id, urls(request, existing.request_id))
+        drain_retry_after = await anyio.to_thread.run_sync(store.draining_retry_after)
+        if drain_retry_after is not None:
+            raise Draining(retry_after=drain_retry_after)
         if await anyio.to_thread.run_sync(store.queued_count) >= context.config.queue.max_queued:
             raise QueueFull(retry_after=RETRY_AFTER_QUEUE_FULL_SECONDS)
 
@@ -260,7 +264,10 @@ def create_api(context: ApiContext) -> FastAPI:
         if not context.is_ready() or not store.ping():
             raise NotReady(retry_after=RETRY_AFTER_NOT_READY_SECONDS)
         counts = store.counts()
-        return JSONResponse({"status": "ok", "queued": counts[JobStatus.IN_QUEUE]})
+        accepting = store.draining_retry_after() is None
+        return JSONResponse(
+            {"status": "ok", "accepting_jobs": accepting, "queued": counts[JobStatus.IN_QUEUE]}
+        )
 
     @api.get("/metrics", summary="Prometheus metrics (global job figures, read from Redis)")
     def metrics() -> Response:

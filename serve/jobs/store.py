@@ -326,6 +326,7 @@ class JobStore:
         self._expiry = self._prefix + "expiry"
         self._counts = self._prefix + "counts"
         self._seq = self._prefix + "seq"
+        self._draining = self._prefix + "draining"
         self._base_keys = [self._queue, self._leases, self._expiry, self._counts]
 
         register = redis_client.register_script
@@ -469,6 +470,25 @@ class JobStore:
         if limit <= 0:
             return []
         return [_text(v) for v in self._redis.zrange(self._queue, 0, limit - 1)]
+
+    def set_draining(self, retry_after_seconds: int | None) -> None:
+        """Stop (a number of seconds clients should wait) or resume (None) admitting new jobs, app-wide.
+
+        Draining refuses submissions only: queued and running jobs go on, status, result and cancel answer.
+        """
+        if retry_after_seconds is None:
+            self._redis.delete(self._draining)
+        elif isinstance(retry_after_seconds, bool) or retry_after_seconds < 1:
+            raise ValueError(
+                f"retry_after_seconds must be a positive whole number, got {retry_after_seconds!r}"
+            )
+        else:
+            self._redis.set(self._draining, int(retry_after_seconds))
+
+    def draining_retry_after(self) -> int | None:
+        """Seconds a refused client should wait while the app drains; None when it admits jobs."""
+        value = self._redis.get(self._draining)
+        return None if value is None else int(value)
 
     def ping(self) -> bool:
         try:

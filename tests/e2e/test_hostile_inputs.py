@@ -112,11 +112,15 @@ def url_case(case_id: str, url: str, code: str = "input_fetch_blocked", name: st
     return Hostile(case_id, 422, code, body=body_with(**{name: url}))
 
 
-def raw_case(case_id: str, status: int, code: str | None, content: bytes | Callable[[], bytes], **kw: Any):
+def raw_case(
+    case_id: str, status: int, code: str | None, content: bytes | Callable[[], bytes], **kw: Any
+) -> Hostile:
     return Hostile(case_id, status, code, content=content, **kw)
 
 
-def upload_case(case_id: str, status: int, code: str | None, content: bytes | Callable[[], bytes], **kw: Any):
+def upload_case(
+    case_id: str, status: int, code: str | None, content: bytes | Callable[[], bytes], **kw: Any
+) -> Hostile:
     octets = {"Content-Type": "application/octet-stream"}
     return Hostile(case_id, status, code, path="/v1/files", content=content, headers=octets, **kw)
 

@@ -127,9 +127,12 @@ def test_guidance_batches_cond_and_negative_only_when_cfg_is_not_one(
 
 
 @pytest.mark.slow
-def test_progress_reports_every_step_of_every_chunk(clip_960x540):
+def test_progress_counts_steps_decodes_and_the_write(clip_960x540):
     *_, seen = clip_960x540
-    assert [(p.chunk, p.step) for p in seen] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    # 2 chunks x 2 steps, a decode after each chunk, then the mux: 7 units, reported one by one.
+    assert [p.units_done for p in seen] == list(range(1, 8))
+    assert [(p.chunk, p.step) for p in seen][:3] == [(0, 1), (0, 2), (0, 2)]
+    assert all(p.fraction < 1.0 for p in seen[:-1])
     assert seen[-1].fraction == 1.0 and seen[-1].eta_seconds == 0.0
 
 

@@ -720,7 +720,7 @@ def test_redis_stopping_mid_life_is_503_then_recovers(tmp_path) -> None:
             # Restarted on its port with its AOF: the job is still there.
             restarted = EmbeddedRedis(tmp_path / "redis", port=port).start()
             assert status_of(http, request_id)["status"] == "in_queue"
-            assert http.get("/healthz").json() == {"status": "ok", "queued": 1}
+            assert http.get("/healthz").json() == {"status": "ok", "accepting_jobs": True, "queued": 1}
     finally:
         server.stop()
         if restarted is not None:
@@ -820,10 +820,29 @@ def test_openapi_documents_the_paths_and_the_aliases(http) -> None:
 
 
 def test_healthz(http) -> None:
-    assert http.get("/healthz").json() == {"status": "ok", "queued": 0}
+    assert http.get("/healthz").json() == {"status": "ok", "accepting_jobs": True, "queued": 0}
     submit(http)
     response = http.get("/healthz")
-    assert response.status_code == 200 and response.json() == {"status": "ok", "queued": 1}
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "accepting_jobs": True, "queued": 1}
+
+
+def test_draining_refuses_new_jobs_with_503_and_serves_the_rest(http, stack) -> None:
+    queued = submit(http, headers={**ALPHA, "Idempotency-Key": "before-drain"})["request_id"]
+    stack.store.set_draining(120)
+    response = http.post(MODEL_PATH, json=SEED_BODY, headers=ALPHA)
+    assert error_of(response, 503)["code"] == "draining"
+    assert response.headers["Retry-After"] == "120"
+    assert stack.store.queued_count() == 1 and stack.publisher.published == [queued]
+    # What was accepted before goes on: status, result, the idempotent replay of its submit, cancel.
+    assert status_of(http, queued)["status"] == "in_queue"
+    assert http.get(f"/v1/requests/{queued}/result", headers=ALPHA).status_code == 200
+    replay = http.post(MODEL_PATH, json=SEED_BODY, headers={**ALPHA, "Idempotency-Key": "before-drain"})
+    assert replay.status_code == 202 and replay.json()["request_id"] == queued
+    assert http.get("/healthz").json() == {"status": "ok", "accepting_jobs": False, "queued": 1}
+    assert http.post(f"/v1/requests/{queued}/cancel", headers=ALPHA).json()["status"] == "cancelled"
+    stack.store.set_draining(None)
+    assert http.post(MODEL_PATH, json=SEED_BODY, headers=ALPHA).status_code == 202
 
 
 def test_unknown_paths_and_methods_use_the_error_shape(http) -> None:
