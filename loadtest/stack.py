@@ -75,6 +75,8 @@ class StackSettings:
     max_attempts: int = 3
     drain_seconds: float = 600.0
     fetch: dict[str, Any] = field(default_factory=dict)  # FetchConfig fields (byte caps, timeouts)
+    # More Serve applications to run beside the app in the same Ray (benchmarks add a bare endpoint).
+    extra_applications: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_workdir(cls, workdir: Path) -> StackSettings:
@@ -152,6 +154,7 @@ def write_config(settings: StackSettings, base: Path = BASE_CONFIG) -> Path:
         "drain_seconds": settings.drain_seconds,
     }
     args["fetch"] = {**args.get("fetch", {}), **settings.fetch}
+    document["applications"].extend(settings.extra_applications)
     settings.workdir.mkdir(parents=True, exist_ok=True)
     settings.config_path.write_text(yaml.safe_dump(document, sort_keys=False))
     return settings.config_path

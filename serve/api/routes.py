@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Annotated, Any
 import anyio
 import redis
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from serve.api.errors import (
@@ -60,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_PATH = "/v1/models/community/infinite-talk/image-to-video"
 RETRY_AFTER_QUEUE_FULL_SECONDS = 30
+# Ids this API issues (uuid4 hex); anything else is never echoed back into an error message.
+_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 RETRY_AFTER_NOT_READY_SECONDS = 5
 # Largest JSON body: two data: URIs at the byte caps, base64-inflated, plus slack.
 _BODY_SLACK_BYTES = 64 * 1024
@@ -109,7 +112,8 @@ def create_api(context: ApiContext) -> FastAPI:
         if record is None:
             if store.is_gone(request_id, tenant):
                 raise Gone(f"Request {request_id} has expired and its result was deleted.")
-            raise NotFound(f"No request {request_id}.")
+            shown = request_id if _REQUEST_ID.fullmatch(request_id) else "with that id"
+            raise NotFound(f"No request {shown}.")
         if record.is_expired(time.time()):
             raise Gone(f"Request {request_id} has expired and its result was deleted.")
         return record
@@ -252,7 +256,15 @@ def create_api(context: ApiContext) -> FastAPI:
             expires_at=_utc(now + context.config.queue.retention_seconds),
         )
 
-    @api.get("/v1/outputs/{key:path}", responses=error_responses(404, 410), summary="Download (signed URL)")
+    @api.get(
+        "/v1/outputs/{key:path}",
+        response_class=FileResponse,
+        responses={
+            200: {"content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
+            **error_responses(404, 410),
+        },
+        summary="Download (signed URL)",
+    )
     def download(key: str, expires: str = "", sig: str = "") -> FileResponse:
         if not isinstance(storage, LocalStorage):
             raise NotFound()
@@ -269,7 +281,11 @@ def create_api(context: ApiContext) -> FastAPI:
             {"status": "ok", "accepting_jobs": accepting, "queued": counts[JobStatus.IN_QUEUE]}
         )
 
-    @api.get("/metrics", summary="Prometheus metrics (global job figures, read from Redis)")
+    @api.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        summary="Prometheus metrics (global job figures, read from Redis)",
+    )
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -13,7 +13,7 @@ import pytest
 from loadtest import faults
 from loadtest.faults import FaultReport, FaultTarget
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 
 def _assert_sound(report: FaultReport) -> None:

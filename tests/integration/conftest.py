@@ -1,6 +1,7 @@
 """Integration tests: the whole application on a real local Ray cluster, a real Redis and the tiny model.
 
-One stack per test session, shared by every test here (so Ray tests never run in parallel):
+One stack for this package, shared by every test here (so Ray tests never run in parallel) and torn down
+after its last test, before any other suite starts its own:
 
 * an ``EmbeddedRedis`` in a temporary directory on a free port, started here, before ``ray.init`` and
   outside Ray, as ``python -m serve up`` does (a process started inside a Ray worker dies with that worker),
@@ -34,7 +35,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import yaml
-from integration_stack import (
+
+from serve.config import AppConfig
+from serve.jobs import EmbeddedRedis, JobStore
+
+from .integration_stack import (
     APP_NAME,
     DEPLOY_TIMEOUT_S,
     OTHER_TOKEN,
@@ -46,9 +51,6 @@ from integration_stack import (
     free_port,
 )
 
-from serve.config import AppConfig
-from serve.jobs import EmbeddedRedis, JobStore
-
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
@@ -56,7 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     try:
@@ -65,7 +67,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster(redis_server: EmbeddedRedis) -> Iterator[None]:
     import ray
 
@@ -81,7 +83,7 @@ def ray_cluster(redis_server: EmbeddedRedis) -> Iterator[None]:
             ray.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def _deployed(
     ray_cluster: None, redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:

@@ -9,7 +9,8 @@ from fractions import Fraction
 import av
 import httpx
 import pytest
-from integration_stack import (
+
+from .integration_stack import (
     OTHER_TOKEN,
     SAMPLER_GPUS,
     SAMPLER_REPLICAS,

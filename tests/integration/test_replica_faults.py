@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from integration_stack import MAX_ATTEMPTS, TERMINAL, Observation, Stack, observe, timeline
+
+from .integration_stack import MAX_ATTEMPTS, TERMINAL, Observation, Stack, observe, timeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

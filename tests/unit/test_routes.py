@@ -819,6 +819,20 @@ def test_openapi_documents_the_paths_and_the_aliases(http) -> None:
     assert http.get("/docs").status_code == 200
 
 
+def test_openapi_documents_the_non_json_bodies(http) -> None:
+    paths = http.get("/openapi.json").json()["paths"]
+    assert set(paths["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
+    assert "video/mp4" in paths["/v1/outputs/{key}"]["get"]["responses"]["200"]["content"]
+
+
+def test_an_unknown_id_is_echoed_only_when_it_looks_like_one_of_ours(http) -> None:
+    message = error_of(http.get(f"/v1/requests/{'a' * 32}/status", headers=ALPHA), 404)["message"]
+    assert message == f"No request {'a' * 32}."
+    for hostile in ("%3Cscript%3E", "x" * 5000):
+        body = error_of(http.get(f"/v1/requests/{hostile}/result", headers=ALPHA), 404)
+        assert body["message"] == "No request with that id."
+
+
 def test_healthz(http) -> None:
     assert http.get("/healthz").json() == {"status": "ok", "accepting_jobs": True, "queued": 0}
     submit(http)
