@@ -113,18 +113,23 @@ class JobRunner:
         self._stopping.set()
 
     def run(self, request_id: str) -> JobStatus | None:
-        """Execute one delivery of ``request_id``; None when the store says this delivery must not run."""
+        """Execute one delivery of ``request_id``'s message: the oldest queued job (``JobStore.claim_next``).
+
+        None when the store says nothing is to run (the job finished, was cancelled or is running).
+        """
         worker_id = f"{self._replica_id}:{uuid.uuid4().hex[:12]}"
         if self._stopping.is_set():
             self._republish(request_id)
             return None
-        record = self._store.claim(request_id, worker_id)
+        record = self._store.claim_next(request_id, worker_id)
         if record is None:
-            logger.info("skipping delivery of %s: not claimable (finished, cancelled or running)", request_id)
+            logger.info(
+                "skipping delivery of %s: nothing claimable (finished, cancelled or running)", request_id
+            )
             return None
         with self._lock:
             self._running += 1
-        heartbeat = _Heartbeat(self._store, request_id, worker_id)
+        heartbeat = _Heartbeat(self._store, record.request_id, worker_id)
         heartbeat.start()
         try:
             return self._execute(record, worker_id, heartbeat)

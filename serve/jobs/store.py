@@ -118,32 +118,59 @@ finish(JOB, id, status, 'cancelled', now, ARGV[4])
 return {'cancelled', redis.call('HGETALL', JOB)}
 """
 
+# Takes one job for an attempt: 'claimed', or why not ('missing', 'leased', 'exhausted', its status).
+_TRY_CLAIM = """
+local function try_claim(job, id, worker, now, lease, expires_at, exhausted_error)
+  local status = redis.call('HGET', job, 'status')
+  if not status then return 'missing' end
+  if status == 'in_progress' then
+    local lease_end = tonumber(redis.call('HGET', job, 'lease_expires_at'))
+    if lease_end and lease_end > tonumber(now) then return 'leased' end
+  elseif status ~= 'in_queue' then
+    return status
+  end
+  if not attempts_left(job) then
+    redis.call('HSET', job, 'error', exhausted_error)
+    redis.call('HDEL', job, 'lease_owner')
+    finish(job, id, status, 'failed', now, expires_at)
+    return 'exhausted'
+  end
+  redis.call('HINCRBY', job, 'attempt', 1)
+  redis.call('HSET', job, 'status', 'in_progress', 'lease_owner', worker, 'lease_expires_at', lease,
+    'started_at', now, 'updated_at', now, 'progress', '0.0')
+  redis.call('HDEL', job, 'eta_seconds')
+  redis.call('ZREM', QUEUE, id)
+  redis.call('ZADD', LEASES, lease, id)
+  if status ~= 'in_progress' then move(status, 'in_progress') end
+  return 'claimed'
+end
+"""
+
 # KEYS[5] job. ARGV: id, worker, now, lease_expires_at, expires_at (if it fails), error json (if it fails).
 _CLAIM = """
-local JOB = KEYS[5]
-local id, worker, now, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local status = redis.call('HGET', JOB, 'status')
-if not status then return {'missing'} end
-if status == 'in_progress' then
-  local lease_end = tonumber(redis.call('HGET', JOB, 'lease_expires_at'))
-  if lease_end and lease_end > tonumber(now) then return {'leased'} end
-elseif status ~= 'in_queue' then
-  return {status}
+local outcome = try_claim(KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+if outcome == 'claimed' then return {'claimed', redis.call('HGETALL', KEYS[5])} end
+return {outcome}
+"""
+
+# A delivery takes the oldest queued job, whichever id its message names: a job requeued after its sampler
+# died keeps its place (its first queue position) instead of waiting behind the messages published since.
+# Every queued job has at least one message, so each message taking one job leaves none without. With the
+# queue empty, the named job itself is tried (a lapsed lease the reaper has not requeued yet).
+# KEYS[5] the named job. ARGV: as _CLAIM, then the job key prefix.
+_CLAIM_NEXT = """
+local worker, now, lease, expires_at, err, prefix = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+while true do
+  local head = redis.call('ZRANGE', QUEUE, 0, 0)[1]
+  if not head then break end
+  local outcome = try_claim(prefix .. head, head, worker, now, lease, expires_at, err)
+  if outcome == 'claimed' then return {'claimed', redis.call('HGETALL', prefix .. head)} end
+  -- 'exhausted' removed the head from the queue; anything else is a record out of step with the queue.
+  if outcome ~= 'exhausted' then break end
 end
-if not attempts_left(JOB) then
-  redis.call('HSET', JOB, 'error', ARGV[6])
-  redis.call('HDEL', JOB, 'lease_owner')
-  finish(JOB, id, status, 'failed', now, ARGV[5])
-  return {'exhausted'}
-end
-redis.call('HINCRBY', JOB, 'attempt', 1)
-redis.call('HSET', JOB, 'status', 'in_progress', 'lease_owner', worker, 'lease_expires_at', lease,
-  'started_at', now, 'updated_at', now, 'progress', '0.0')
-redis.call('HDEL', JOB, 'eta_seconds')
-redis.call('ZREM', QUEUE, id)
-redis.call('ZADD', LEASES, lease, id)
-if status ~= 'in_progress' then move(status, 'in_progress') end
-return {'claimed', redis.call('HGETALL', JOB)}
+local outcome = try_claim(KEYS[5], ARGV[1], worker, now, lease, expires_at, err)
+if outcome == 'claimed' then return {'claimed', redis.call('HGETALL', KEYS[5])} end
+return {outcome}
 """
 
 # KEYS[5] job. ARGV: id, worker, now, lease_expires_at, progress ('' = unchanged), eta ('' = unchanged).
@@ -332,7 +359,8 @@ class JobStore:
         register = redis_client.register_script
         self._create_script = register(_PRELUDE + _CREATE)
         self._cancel_script = register(_PRELUDE + _CANCEL)
-        self._claim_script = register(_PRELUDE + _CLAIM)
+        self._claim_script = register(_PRELUDE + _TRY_CLAIM + _CLAIM)
+        self._claim_next_script = register(_PRELUDE + _TRY_CLAIM + _CLAIM_NEXT)
         self._heartbeat_script = register(_PRELUDE + _HEARTBEAT)
         self._finish_script = register(_PRELUDE + _FINISH)
         self._release_script = register(_PRELUDE + _RELEASE)
@@ -524,8 +552,21 @@ class JobStore:
         ``worker_id`` should name one execution (e.g. replica id + a fresh uuid per message), so two
         deliveries handled by one replica never share a lease.
         """
+        return self._claim_with(self._claim_script, request_id, worker_id, [])
+
+    def claim_next(self, request_id: str, worker_id: str) -> JobRecord | None:
+        """Take the oldest queued job for one attempt, or ``request_id``'s job when none is queued.
+
+        What a delivery of ``request_id``'s message runs: the queue's order, not the messages', decides which
+        job goes first. None as for ``claim``.
+        """
+        return self._claim_with(self._claim_next_script, request_id, worker_id, [self._prefix + "job:"])
+
+    def _claim_with(
+        self, script: Any, request_id: str, worker_id: str, extra_args: list[str]
+    ) -> JobRecord | None:
         now = self._clock()
-        reply = self._claim_script(
+        reply = script(
             keys=self._keys(self._job_key(request_id)),
             args=[
                 request_id,
@@ -534,12 +575,13 @@ class JobStore:
                 _num(now + self.lease_seconds),
                 _num(now + self.retention_seconds),
                 self._exhausted_error(),
+                *extra_args,
             ],
         )
         outcome = _text(reply[0])
         if outcome == "claimed":
             record = _record(reply[1])
-            logger.info("job %s claimed by %s (attempt %d)", request_id, worker_id, record.attempt)
+            logger.info("job %s claimed by %s (attempt %d)", record.request_id, worker_id, record.attempt)
             return record
         if outcome == "exhausted":
             logger.warning("job %s failed: retries exhausted", request_id)

@@ -543,6 +543,41 @@ def test_retries_exhausted_on_claim(make_store, clock):
     assert store.counts()[JobStatus.FAILED] == 1
 
 
+def test_claim_next_takes_the_oldest_queued_job_whatever_the_message_names(store, clock):
+    for rid in "abc":
+        store.create(job(rid))
+    store.claim("a", "w1")
+    clock.advance(LEASE + 1)
+    assert store.requeue_expired() == (["a"], [])
+    # a's new message is behind b's and c's in the transport, but a keeps its place in the queue.
+    taken = [store.claim_next(message, f"w-{message}") for message in "bca"]
+    assert [record.request_id for record in taken[:2]] == ["a", "b"]
+    assert taken[2].request_id == "c"
+    assert store.queued_ids() == []
+    assert store.claim_next("a", "w4") is None  # a surplus message: nothing left to run
+
+
+def test_claim_next_skips_cancelled_and_exhausted_heads(make_store, clock):
+    store = make_store(max_attempts=1)
+    for rid in "abc":
+        store.create(job(rid))
+    store.cancel("a", "acme")
+    store.claim("b", "w1")
+    clock.advance(LEASE + 1)
+    assert store.requeue_expired() == ([], ["b"])  # out of attempts: failed by the reaper
+    assert store.claim_next("a", "w2").request_id == "c"
+    assert status(store, "a") is JobStatus.CANCELLED and status(store, "b") is JobStatus.FAILED
+
+
+def test_claim_next_with_an_empty_queue_takes_over_the_named_lapsed_lease(store, clock):
+    store.create(job("a"))
+    store.claim("a", "w1")
+    assert store.claim_next("a", "w2") is None  # the lease is live
+    clock.advance(LEASE + 1)
+    record = store.claim_next("a", "w2")
+    assert (record.request_id, record.attempt, record.lease_owner) == ("a", 2, "w2")
+
+
 # -- reaper and release --------------------------------------------------------------------------------------
 
 
