@@ -19,14 +19,10 @@ directory (handy while writing tests); it is left running at the end.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-# ``loadtest`` is a top-level folder of the repository, not part of the installed package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from loadtest.client import ApiClient
 from loadtest.faults import FaultTarget
