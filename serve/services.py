@@ -9,6 +9,7 @@ import redis
 
 from serve.config import AppConfig
 from serve.jobs import JobStore
+from serve.jobs.reader import JobReader
 from serve.metrics import MetricsRecorder
 from serve.storage import Storage, build_storage
 
@@ -67,6 +68,10 @@ class Services:
     @cached_property
     def storage(self) -> Storage:
         return build_storage(self.config.storage, public_base_url=self.config.public_base_url)
+
+    @cached_property
+    def reader(self) -> JobReader:
+        return JobReader.from_url(self.store, self.redis_url, timeout_seconds=REDIS_SOCKET_TIMEOUT_SECONDS)
 
     @cached_property
     def metrics(self) -> MetricsRecorder:

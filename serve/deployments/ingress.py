@@ -41,6 +41,7 @@ class Ingress:
         self._context = ApiContext(
             config=app_config,
             store=self._services.store,
+            reader=self._services.reader,
             storage=self._services.storage,
             dispatcher=self._dispatcher,
             resolver=InputResolver(

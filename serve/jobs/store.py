@@ -254,6 +254,18 @@ return 1
 """
 
 
+def record_of(data: Mapping[bytes | str, bytes | str], tenant: str | None) -> JobRecord | None:
+    """The record in a job hash, or None if absent or owned by another tenant (``tenant=None``: any)."""
+    if not data:
+        return None
+    record = JobRecord.from_redis_hash(data)
+    return None if tenant is not None and record.tenant != tenant else record
+
+
+def is_owner(owner: bytes | str | None, tenant: str) -> bool:
+    return owner is not None and _text(owner) == tenant
+
+
 class JobStoreError(Exception):
     """Base class of the store's refusals."""
 
@@ -369,8 +381,16 @@ class JobStore:
 
     # -- keys -----------------------------------------------------------------------------------------------
 
-    def _job_key(self, request_id: str) -> str:
+    # Public: the asynchronous reader of the status path (serve/jobs/reader.py) reads the same keys.
+    def job_key(self, request_id: str) -> str:
         return f"{self._prefix}job:{request_id}"
+
+    def gone_key(self, request_id: str) -> str:
+        return f"{self._prefix}gone:{request_id}"
+
+    @property
+    def queue_key(self) -> str:
+        return self._queue
 
     def _idem_key(self, tenant: str, idempotency_key: str | None) -> str:
         # Hashed: tenant and key are caller-chosen strings, and joining them with a separator is ambiguous.
@@ -422,7 +442,7 @@ class JobStore:
         pairs = [item for kv in stored.to_redis_hash().items() for item in kv]
         reply = self._create_script(
             keys=self._keys(
-                self._job_key(record.request_id), self._seq, self._idem_key(record.tenant, idempotency_key)
+                self.job_key(record.request_id), self._seq, self._idem_key(record.tenant, idempotency_key)
             ),
             args=[
                 record.request_id,
@@ -465,18 +485,11 @@ class JobStore:
 
     def get(self, request_id: str, tenant: str | None = None) -> JobRecord | None:
         """The record, or None if absent or owned by another tenant (``tenant=None``: any tenant)."""
-        data = self._redis.hgetall(self._job_key(request_id))
-        if not data:
-            return None
-        record = JobRecord.from_redis_hash(data)
-        if tenant is not None and record.tenant != tenant:
-            return None
-        return record
+        return record_of(self._redis.hgetall(self.job_key(request_id)), tenant)
 
     def is_gone(self, request_id: str, tenant: str) -> bool:
         """Whether this tenant's job existed and was deleted after its retention (the API answers 410)."""
-        owner = self._redis.get(self._prefix + "gone:" + request_id)
-        return owner is not None and _text(owner) == tenant
+        return is_owner(self._redis.get(self.gone_key(request_id)), tenant)
 
     def queue_position(self, request_id: str) -> int | None:
         """0-based: how many queued jobs are ahead of this one; None when the job is not queued."""
@@ -530,7 +543,7 @@ class JobStore:
         """Cancel a queued job: it then never runs. Cancelling a cancelled job returns it unchanged."""
         now = self._clock()
         reply = self._cancel_script(
-            keys=self._keys(self._job_key(request_id)),
+            keys=self._keys(self.job_key(request_id)),
             args=[request_id, tenant, _num(now), _num(now + self.retention_seconds)],
         )
         outcome = _text(reply[0])
@@ -567,7 +580,7 @@ class JobStore:
     ) -> JobRecord | None:
         now = self._clock()
         reply = script(
-            keys=self._keys(self._job_key(request_id)),
+            keys=self._keys(self.job_key(request_id)),
             args=[
                 request_id,
                 worker_id,
@@ -603,7 +616,7 @@ class JobStore:
             raise ValueError(f"eta_seconds must not be negative, got {eta_seconds!r}")
         now = self._clock()
         owned = self._heartbeat_script(
-            keys=self._keys(self._job_key(request_id)),
+            keys=self._keys(self.job_key(request_id)),
             args=[
                 request_id,
                 worker_id,
@@ -655,7 +668,7 @@ class JobStore:
     def _finish(self, request_id: str, worker_id: str, status: JobStatus, values: Mapping[str, str]) -> bool:
         now = self._clock()
         owned = self._finish_script(
-            keys=self._keys(self._job_key(request_id)),
+            keys=self._keys(self.job_key(request_id)),
             args=[
                 request_id,
                 worker_id,
@@ -677,7 +690,7 @@ class JobStore:
         Gives the attempt back, up to ``max_releases`` times per job.
         """
         released = self._release_script(
-            keys=self._keys(self._job_key(request_id)),
+            keys=self._keys(self.job_key(request_id)),
             args=[request_id, worker_id, _num(self._clock()), self.max_releases],
         )
         if released:
@@ -723,8 +736,8 @@ class JobStore:
             return False
         deleted = self._delete_script(
             keys=self._keys(
-                self._job_key(request_id),
-                self._prefix + "gone:" + request_id,
+                self.job_key(request_id),
+                self.gone_key(request_id),
                 self._idem_key(record.tenant, record.idempotency_key),
             ),
             args=[request_id, int(self.tombstone_seconds * 1000)],

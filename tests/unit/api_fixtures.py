@@ -33,6 +33,7 @@ from serve.inputs.fetcher import Fetcher, FetchPolicy
 from serve.inputs.references import InputResolver
 from serve.jobs import JobRecord, JobStore
 from serve.jobs.dispatch import Dispatcher
+from serve.jobs.reader import JobReader
 from serve.jobs.runner import EngineOutput, JobRunner, ProgressFn
 from serve.metrics import MetricsRecorder
 from serve.storage import LocalStorage, input_key
@@ -284,6 +285,12 @@ class Stack:
         )
 
 
+def _url_of(client: redis.Redis) -> str:
+    """The URL of a sync client, for the asynchronous reader of the same server."""
+    kwargs = client.connection_pool.connection_kwargs
+    return f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
 def build_stack(
     client: redis.Redis,
     root: Path,
@@ -330,6 +337,7 @@ def build_stack(
     context = ApiContext(
         config=config,
         store=store,
+        reader=JobReader.from_url(store, _url_of(client), timeout_seconds=2.0),
         storage=storage,
         dispatcher=dispatcher,
         resolver=InputResolver(Fetcher(FetchPolicy.from_config(config.fetch)), storage),

@@ -1,0 +1,225 @@
+"""What the serving layer costs on top of the model, on the local stack (tiny preset, CPU).
+
+1. **End to end**: the same job (the API's cheapest body: 480x480, 125 frames, 6 steps) submitted over HTTP
+   and polled to completion, with the MP4 downloaded, versus ``generate_to_file`` called in this process on
+   the same inputs. The stack's sampler replica has one CPU (Ray gives it one torch thread), so the direct
+   run uses one torch thread too. After a warm-up of each, the two alternate (direct, HTTP, direct, HTTP
+   ...) and each figure is the median; target ratio HTTP / direct ≤ 1.10.
+2. **Status polls**: requests/s that concurrent pollers get from ``GET /v1/requests/{id}/status`` (FastAPI,
+   bearer auth, the job record from Redis) versus a bare Ray Serve deployment answering a status-sized JSON
+   (``bench.bare_endpoint``) behind the same proxy; rounds alternate, medians; target app / bare ≥ 0.8.
+
+The stack is private (``loadtest.stack``: its own ports, Redis and scratch directory), started and stopped
+here.
+
+    python -m bench.serving_overhead [--repeats 2] [--poll-seconds 15] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from bench.report import table, write_result
+from loadtest.client import ApiClient, job_body
+from loadtest.stack import TOKEN, LocalStack, StackSettings, free_port
+from pipeline.audio import decode_audio
+from pipeline.components import load_components
+from pipeline.conditioning import load_image
+from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
+from serve.inputs.references import EXAMPLE_ASSETS_DIR
+
+BARE_PREFIX = "/bare"
+BARE_FASTAPI_PREFIX = "/bare-fastapi"
+BARE_APPLICATIONS = (
+    {"name": "bare", "route_prefix": BARE_PREFIX, "import_path": "bench.bare_endpoint:app"},
+    {
+        "name": "bare-fastapi",
+        "route_prefix": BARE_FASTAPI_PREFIX,
+        "import_path": "bench.bare_endpoint:fastapi_app",
+    },
+)
+POLL_INTERVAL_S = 0.25
+JOB_TIMEOUT_S = 900.0
+
+
+def http_job(client: ApiClient, body: dict) -> float:
+    """Seconds from submit to the downloaded MP4."""
+    started = time.perf_counter()
+    request_id = client.submit_accepted(body)
+    deadline = started + JOB_TIMEOUT_S
+    while time.perf_counter() < deadline:
+        status = client.status(request_id).json()["status"]
+        if status == "completed":
+            break
+        if status in ("failed", "cancelled"):
+            raise RuntimeError(f"benchmark job {request_id} ended {status}")
+        time.sleep(POLL_INTERVAL_S)
+    else:
+        raise RuntimeError(f"benchmark job {request_id} did not finish in {JOB_TIMEOUT_S:.0f} s")
+    video_url = client.result(request_id).json()["output"]["video"]
+    video = client.http.get(video_url)
+    video.raise_for_status()
+    return time.perf_counter() - started
+
+
+def direct_job(pipe: InfiniteTalkPipeline, body: dict, out: Path) -> float:
+    """Seconds for the same generation in this process, from the same files (decode included)."""
+    width, height = (int(part) for part in body["245_valuex246_value"].split()[0].split("x"))
+    started = time.perf_counter()
+    request = GenerationRequest(
+        image=load_image(EXAMPLE_ASSETS_DIR / "portrait.png"),
+        speech=decode_audio(EXAMPLE_ASSETS_DIR / "speech.mp3"),
+        prompt=body["241_positive_prompt"],
+        width=width,
+        height=height,
+        frames=body["270_value"],
+        steps=body["128_steps"],
+    )
+    pipe.generate_to_file(request, out)
+    return time.perf_counter() - started
+
+
+async def _poll_rate(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> float:
+    """Successful GETs per second from ``concurrency`` keep-alive pollers over ``seconds``."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=30.0) as client:
+        deadline = time.perf_counter() + seconds
+        done = 0
+
+        async def poller() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                response = await client.get(url)
+                if response.status_code != 200:
+                    raise RuntimeError(f"GET {url}: {response.status_code} {response.text[:200]}")
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(poller() for _ in range(concurrency)))
+        return done / (time.perf_counter() - started)
+
+
+def poll_rate(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> float:
+    return asyncio.run(_poll_rate(url, headers, concurrency, seconds))
+
+
+def compare_jobs(client: ApiClient, pipe: InfiniteTalkPipeline, body: dict, out: Path, repeats: int) -> dict:
+    """Warm-up of each path, then ``repeats`` alternating timed jobs of each."""
+    warm_up = {"http": http_job(client, body), "direct": direct_job(pipe, body, out)}
+    direct, over_http = [], []
+    for index in range(repeats):
+        direct.append(direct_job(pipe, body, out))
+        over_http.append(http_job(client, body))
+        print(f"job {index + 1}: direct {direct[-1]:.1f} s, HTTP {over_http[-1]:.1f} s", file=sys.stderr)
+    return {
+        "warm_up_seconds": warm_up,
+        "end_to_end_seconds": {"direct": direct, "http": over_http},
+        "end_to_end_median": {"direct": statistics.median(direct), "http": statistics.median(over_http)},
+        "http_over_direct": statistics.median(over_http) / statistics.median(direct),
+    }
+
+
+def compare_polls(
+    client: ApiClient, base_url: str, body: dict, rounds: int, concurrency: int, seconds: float
+) -> dict:
+    """Rounds over the bare Serve endpoint, the bare FastAPI ingress and the app's status of a real job."""
+    request_id = client.submit_accepted(body)
+    client.cancel(request_id)  # a cancelled job's record is what a poller reads most of the time too
+    targets = {
+        "bare_serve": (f"{base_url}{BARE_PREFIX}", {}),
+        "bare_fastapi_ingress": (f"{base_url}{BARE_FASTAPI_PREFIX}/status", {}),
+        "app": (f"{base_url}/v1/requests/{request_id}/status", {"Authorization": f"Bearer {TOKEN}"}),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, (url, headers) in targets.items():
+            rates[name].append(poll_rate(url, headers, concurrency, seconds))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    return {
+        "status_polls_per_second": rates,
+        "status_polls_median": medians,
+        "status_poll_concurrency": concurrency,
+        "app_over_bare": medians["app"] / medians["bare_serve"],
+        "app_over_bare_fastapi": medians["app"] / medians["bare_fastapi_ingress"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.serving_overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="timed jobs of each kind (0: polls only)")
+    parser.add_argument("--poll-seconds", type=float, default=15.0, help="length of one polling round")
+    parser.add_argument("--poll-rounds", type=int, default=3, help="polling rounds of each endpoint")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent pollers")
+    parser.add_argument("--results", type=Path, help="results directory (default bench/results)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    body = job_body()
+    figures: dict = {"job": body, "torch_threads": 1}
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
+        settings = StackSettings(
+            workdir=Path(scratch) / "stack",
+            http_port=free_port(8400),
+            redis_port=free_port(6440),
+            extra_applications=BARE_APPLICATIONS,
+        )
+        stack = LocalStack(settings)
+        print(f"starting the stack on {settings.base_url} ...", file=sys.stderr)
+        startup = time.perf_counter()
+        stack.start(timeout=600)
+        figures["stack_startup_seconds"] = time.perf_counter() - startup
+        try:
+            with ApiClient(stack.base_url, TOKEN) as client:
+                if args.repeats > 0:
+                    pipe = InfiniteTalkPipeline(load_components("tiny", device="cpu"))
+                    figures |= compare_jobs(client, pipe, body, Path(scratch) / "direct.mp4", args.repeats)
+                figures |= compare_polls(
+                    client, stack.base_url, body, args.poll_rounds, args.concurrency, args.poll_seconds
+                )
+        finally:
+            stack.stop()
+    path = write_result("serving_overhead", figures, *([args.results] if args.results else []))
+    rows = []
+    if "end_to_end_median" in figures:
+        jobs = figures["end_to_end_median"]
+        rows.append(
+            ("job end to end (s)", jobs["direct"], jobs["http"], figures["http_over_direct"], "<= 1.10")
+        )
+    polls = figures["status_polls_median"]
+    rows.append(
+        (
+            "status polls (req/s) vs bare Serve",
+            polls["bare_serve"],
+            polls["app"],
+            figures["app_over_bare"],
+            ">= 0.8",
+        )
+    )
+    rows.append(
+        (
+            "status polls (req/s) vs bare FastAPI ingress",
+            polls["bare_fastapi_ingress"],
+            polls["app"],
+            figures["app_over_bare_fastapi"],
+            "-",
+        )
+    )
+    print(table(["measure", "direct / floor", "through the app", "ratio", "target"], rows))
+    print(f"result: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
