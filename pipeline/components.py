@@ -84,6 +84,19 @@ def load_components(
     return _build(preset, device, dtype, with_audio_encoder)
 
 
+def random_components(
+    preset_name: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    with_audio_encoder: bool = True,
+) -> Components:
+    """Every component of a preset with random weights from its seed, real sizes included (benchmarks)."""
+    preset = get_preset(preset_name)
+    device = resolve_device(device)
+    return _build(preset, device, dtype or default_dtype(device), with_audio_encoder)
+
+
 def _build(preset: Preset, device: torch.device, dtype: torch.dtype, with_audio: bool) -> Components:
     seed = preset.random_seed
     text = TextEncoder(

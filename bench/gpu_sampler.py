@@ -1,0 +1,279 @@
+"""The GPU stage: one denoising pass of the real 14B architecture (random weights), VAE decode per chunk,
+and the seed's default job end to end, against the physical limit of MODEL.md §9.
+
+Per size (one 81-frame chunk: 21 latent frames) and attention backend: seconds per pass (median of
+``--passes`` after a warm-up), achieved TFLOP/s and its share of the H100's measured bf16 matmul rate
+(790 TFLOP/s), peak GPU memory. FLOPs are counted, not estimated: the same forward runs once on the meta
+device under ``torch.utils.flop_counter.FlopCounterMode`` (no memory needed), and the count is printed
+next to MODEL.md's figure.
+
+    python -m bench.gpu_sampler                                  # on a GPU: all sizes, every backend
+    python -m bench.gpu_sampler --preset tiny --device cpu --sizes 64x64 --passes 1 --skip-job  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.report import table, write_result
+from pipeline.audio import decode_audio
+from pipeline.cli import parse_size
+from pipeline.components import random_components
+from pipeline.conditioning import load_image
+from pipeline.models.transformer import InfiniteTalkTransformer3DModel
+from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
+from pipeline.presets import get_preset
+from pipeline.weights.dit import build_transformer
+
+ASSETS = Path(__file__).resolve().parents[1] / "pipeline" / "assets"
+SEED_SIZES = ("720x720", "1280x720", "480x832")
+# MODEL.md §9: TFLOP per pass of the 14B model for one 81-frame chunk.
+MODEL_MD_TFLOP = {"720x720": 2743.0, "1280x720": 6971.0, "480x832": 1846.0}
+H100_BF16_TFLOPS = 790.0
+# The seed default job (720x720, 125 frames = 2 chunks, 7 steps, cfg 1 = 14 passes) at ≥ 3.47 s per pass.
+DIT_LIMIT_SEED_JOB_S = 49.0
+# diffusers attention backends worth timing; hub variants (kernel downloads) are left out.
+BACKENDS = (
+    "native",
+    "_native_flash",
+    "_native_efficient",
+    "_native_cudnn",
+    "flex",
+    "xformers",
+    "flash",
+    "_flash_3",
+    "sage",
+)
+CHUNK_LATENT_FRAMES = 21
+TEXT_TOKENS, IMAGE_TOKENS = 512, 257
+
+
+def pass_inputs(
+    config: dict[str, Any], width: int, height: int, device: torch.device | str, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """The transformer's inputs for one chunk at ``width`` x ``height``, as the pipeline passes them."""
+    frames = CHUNK_LATENT_FRAMES
+    audio_frames = 4 * (frames - 1) + 1
+
+    def noise(*shape: int) -> torch.Tensor:
+        return (
+            torch.randn(*shape, device=device, dtype=dtype)
+            if device != "meta"
+            else torch.empty(*shape, device=device, dtype=dtype)
+        )
+
+    return {
+        "hidden_states": noise(1, config["in_channels"], frames, height // 8, width // 8),
+        "timestep": torch.full((1,), 999.0, device=device),
+        "encoder_hidden_states": noise(1, TEXT_TOKENS, config["text_dim"]),
+        "encoder_hidden_states_image": noise(1, IMAGE_TOKENS, config["image_dim"]),
+        "audio_embeds": noise(
+            1, audio_frames, config["audio_window"], config["audio_layers"], config["audio_dim"]
+        ),
+    }
+
+
+def count_pass_flops(config: dict[str, Any], width: int, height: int) -> int:
+    """FLOPs of one forward, counted on the meta device (no weights, no memory)."""
+    with torch.device("meta"):
+        model = InfiniteTalkTransformer3DModel(**config).eval().requires_grad_(False)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(**pass_inputs(config, width, height, "meta", torch.float32))
+    return counter.get_total_flops()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[Callable[[], float | None]]:
+    """Yields a function giving the peak allocated GiB since entry (None off the GPU)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    yield lambda: torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def time_calls(call: Callable[[], Any], device: torch.device, repeats: int) -> list[float]:
+    """Seconds per call after one warm-up call."""
+    call()
+    synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def bench_passes(
+    model: InfiniteTalkTransformer3DModel,
+    config: dict[str, Any],
+    size: str,
+    backends: list[str],
+    passes: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> list[dict[str, Any]]:
+    width, height = parse_size(size)
+    flops = count_pass_flops(config, width, height)
+    inputs = pass_inputs(config, width, height, device, dtype)
+    rows = []
+    for backend in backends:
+        row: dict[str, Any] = {"size": size, "backend": backend, "flops": flops}
+        try:
+            model.set_attention_backend(backend)
+            with peak_memory(device) as peak, torch.inference_mode():
+                seconds = time_calls(lambda: model(**inputs), device, passes)
+            median = statistics.median(seconds)
+            row |= {
+                "seconds_per_pass": median,
+                "all_seconds": seconds,
+                "tflops": flops / median / 1e12,
+                "peak_gib": peak(),
+            }
+        except Exception as error:  # one backend missing or failing must not end the run
+            row["error"] = f"{type(error).__name__}: {error}"[:300]
+        rows.append(row)
+        print(_pass_line(row), file=sys.stderr)
+    model.set_attention_backend("native")
+    return rows
+
+
+def _pass_line(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"{row['size']} {row['backend']}: skipped ({row['error']})"
+    return (
+        f"{row['size']} {row['backend']}: {row['seconds_per_pass']:.3f} s/pass, {row['tflops']:.1f} TFLOP/s"
+    )
+
+
+def bench_vae_decode(
+    preset_name: str, size: str, device: torch.device, dtype: torch.dtype, repeats: int
+) -> dict[str, Any]:
+    components = random_components(preset_name, device=device, dtype=dtype, with_audio_encoder=False)
+    width, height = parse_size(size)
+    latent = torch.randn(
+        1, components.latent_channels, CHUNK_LATENT_FRAMES, height // 8, width // 8, device=device
+    ).to(components.vae_dtype)
+    with peak_memory(device) as peak, torch.inference_mode():
+        seconds = time_calls(lambda: components.vae.decode(latent), device, repeats)
+    return {
+        "size": size,
+        "seconds_per_chunk": statistics.median(seconds),
+        "all_seconds": seconds,
+        "peak_gib": peak(),
+    }
+
+
+def bench_seed_job(preset_name: str, device: torch.device, dtype: torch.dtype, out: Path) -> dict[str, Any]:
+    """The seed's default job (720x720, 125 frames, 7 steps, shift 11, cfg 1), every stage, end to end."""
+    components = random_components(preset_name, device=device, dtype=dtype)
+    pipe = InfiniteTalkPipeline(components)
+    request = GenerationRequest(
+        image=load_image(ASSETS / "portrait.png"),
+        speech=decode_audio(ASSETS / "speech.wav"),
+        prompt="a woman is talking",
+    )
+    pipe.generate_to_file(request, out)  # warm-up: kernel selection, allocator
+    synchronize(device)
+    with peak_memory(device) as peak:
+        started = time.perf_counter()
+        output = pipe.generate_to_file(request, out)
+        synchronize(device)
+        total = time.perf_counter() - started
+    return {
+        "seconds": total,
+        "stages": output.timings,
+        "peak_gib": peak(),
+        "over_dit_limit": total / DIT_LIMIT_SEED_JOB_S,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu_sampler",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--preset", default="infinitetalk-14b")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--sizes", default=",".join(SEED_SIZES), help="comma-separated WxH")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated diffusers backends")
+    parser.add_argument("--passes", type=int, default=3, help="timed passes per size and backend")
+    parser.add_argument("--skip-vae", action="store_true")
+    parser.add_argument("--skip-job", action="store_true")
+    parser.add_argument("--results", type=Path, help="results directory (default bench/results)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    preset = get_preset(args.preset)
+    config = dict(preset.transformer)
+    sizes = [size.strip() for size in args.sizes.split(",") if size.strip()]
+    model = build_transformer(config, preset.random_seed, device=device, dtype=dtype)
+    figures: dict[str, Any] = {"preset": preset.name, "dtype": str(dtype), "passes": []}
+    for size in sizes:
+        figures["passes"] += bench_passes(
+            model, config, size, args.backends.split(","), args.passes, device, dtype
+        )
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if not args.skip_vae:
+        figures["vae_decode"] = [
+            bench_vae_decode(args.preset, size, device, dtype, args.passes) for size in sizes
+        ]
+    if not args.skip_job:
+        figures["seed_job"] = bench_seed_job(
+            args.preset, device, dtype, Path("outputs") / "bench-seed-job.mp4"
+        )
+    path = write_result("gpu_sampler", figures, *([args.results] if args.results else []))
+    rows = [
+        (
+            row["size"],
+            row["backend"],
+            row.get("seconds_per_pass"),
+            row.get("tflops"),
+            100 * row["tflops"] / H100_BF16_TFLOPS if "tflops" in row else None,
+            row.get("peak_gib"),
+            row["flops"] / 1e12,
+            MODEL_MD_TFLOP.get(row["size"]),
+            row.get("error", "")[:40],
+        )
+        for row in figures["passes"]
+    ]
+    headers = [
+        "size",
+        "backend",
+        "s/pass",
+        "TFLOP/s",
+        "% of 790",
+        "peak GiB",
+        "TFLOP counted",
+        "MODEL.md",
+        "note",
+    ]
+    print(table(headers, rows))
+    for vae in figures.get("vae_decode", []):
+        print(f"VAE decode {vae['size']}: {vae['seconds_per_chunk']:.2f} s per 81-frame chunk")
+    if "seed_job" in figures:
+        job = figures["seed_job"]
+        print(f"seed job: {job['seconds']:.1f} s end to end, {job['over_dit_limit']:.2f}x the 49 s DiT limit")
+    print(f"result: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
