@@ -30,10 +30,12 @@ from pipeline.audio import decode_audio
 from pipeline.cli import parse_size
 from pipeline.components import random_components
 from pipeline.conditioning import load_image
+from pipeline.conditioning.vae import WanVAE
 from pipeline.models.transformer import InfiniteTalkTransformer3DModel
-from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
+from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline, synchronize
 from pipeline.presets import get_preset
 from pipeline.weights.dit import build_transformer
+from pipeline.weights.vae import build_vae
 
 ASSETS = Path(__file__).resolve().parents[1] / "pipeline" / "assets"
 SEED_SIZES = ("720x720", "1280x720", "480x832")
@@ -90,11 +92,6 @@ def count_pass_flops(config: dict[str, Any], width: int, height: int) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(**pass_inputs(config, width, height, "meta", torch.float32))
     return counter.get_total_flops()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @contextmanager
@@ -160,16 +157,13 @@ def _pass_line(row: dict[str, Any]) -> str:
     )
 
 
-def bench_vae_decode(
-    preset_name: str, size: str, device: torch.device, dtype: torch.dtype, repeats: int
-) -> dict[str, Any]:
-    components = random_components(preset_name, device=device, dtype=dtype, with_audio_encoder=False)
+def bench_vae_decode(vae: WanVAE, size: str, device: torch.device, repeats: int) -> dict[str, Any]:
     width, height = parse_size(size)
     latent = torch.randn(
-        1, components.latent_channels, CHUNK_LATENT_FRAMES, height // 8, width // 8, device=device
-    ).to(components.vae_dtype)
+        1, vae.latent_channels, CHUNK_LATENT_FRAMES, height // 8, width // 8, device=device
+    ).to(vae.dtype)
     with peak_memory(device) as peak, torch.inference_mode():
-        seconds = time_calls(lambda: components.vae.decode(latent), device, repeats)
+        seconds = time_calls(lambda: vae.decode(latent), device, repeats)
     return {
         "size": size,
         "seconds_per_chunk": statistics.median(seconds),
@@ -232,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if not args.skip_vae:
-        figures["vae_decode"] = [
-            bench_vae_decode(args.preset, size, device, dtype, args.passes) for size in sizes
-        ]
+        vae = build_vae(preset.vae, preset.random_seed).to(device, dtype)
+        figures["vae_decode"] = [bench_vae_decode(vae, size, device, args.passes) for size in sizes]
+        del vae
     if not args.skip_job:
         figures["seed_job"] = bench_seed_job(
             args.preset, device, dtype, Path("outputs") / "bench-seed-job.mp4"

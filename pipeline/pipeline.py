@@ -75,8 +75,17 @@ class GenerationOutput:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels, so wall time and progress describe finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class StageTimer:
-    def __init__(self) -> None:
+    """Wall seconds per stage, summed over repeats; on a GPU each stage ends when its kernels have run."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.seconds: dict[str, float] = {}
 
     @contextmanager
@@ -84,6 +93,7 @@ class StageTimer:
         start = time.perf_counter()
         try:
             yield
+            synchronize(self.device)
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
@@ -168,7 +178,7 @@ class InfiniteTalkPipeline:
         tracker: ProgressTracker,
     ) -> GenerationOutput:
         parts = self.components
-        timer = StageTimer()
+        timer = StageTimer(self.device)
         width, height = working_size(request.width, request.height, parts.preset.max_working_area)
         chunks = plan_chunks(request.frames)
 
@@ -231,6 +241,8 @@ class InfiniteTalkPipeline:
                     )
                     latent = euler_step(latent, apply_guidance(velocity, request.cfg), sigma, sigma_next)
                     latent[:, :, :clean_frames] = clean
+                    # A pass is seconds long on a GPU; waiting for it costs nothing and keeps progress true.
+                    synchronize(self.device)
                     tracker.done(Work.STEP, chunk.index, step + 1)
             chunk_latents.append(latent.float().cpu())
             with timer("vae_decode"):
