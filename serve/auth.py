@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import yaml
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from serve.api.errors import InternalError, Unauthorized
+from serve.api.errors import InternalError, Unauthorized, handle_validation_error
 
 if TYPE_CHECKING:
     from serve.config import AuthConfig
@@ -189,7 +191,24 @@ _bearer_scheme = HTTPBearer(auto_error=False, scheme_name="BearerToken", descrip
 
 
 def install_authenticator(app: FastAPI, authenticator: Authenticator) -> None:
+    """Make ``require_tenant`` use ``authenticator``, and put its 401 before a malformed body's 400.
+
+    FastAPI decodes a JSON body before it runs any dependency, so without the handler below a caller with
+    no valid token would learn that its body was not JSON; every other error comes after the 401 already.
+    """
     setattr(app.state, _STATE_ATTRIBUTE, authenticator)
+
+    async def refuse_unauthenticated_first(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RequestValidationError) and any(
+            error.get("type") == "json_invalid" for error in exc.errors()
+        ):
+            try:
+                authenticator.authenticate(request.headers.get("authorization"))
+            except Unauthorized as error:
+                return error.to_response()
+        return await handle_validation_error(request, exc)
+
+    app.add_exception_handler(RequestValidationError, refuse_unauthenticated_first)
 
 
 async def require_tenant(

@@ -331,7 +331,7 @@ async def _handle_api_error(request: Request, exc: Exception) -> JSONResponse:
     return exc.to_response()
 
 
-async def _handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     return api_error_from_validation(errors).to_response()
 
@@ -355,7 +355,7 @@ def install_error_handlers(app: FastAPI) -> None:
     it); the client sees only the generic body either way.
     """
     app.add_exception_handler(ApiError, _handle_api_error)
-    app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(Exception, _handle_unexpected)
 

@@ -277,6 +277,8 @@ CASES: list[Hostile] = [
     Hostile("auth-token-and-junk", 401, "unauthorized", body=body_with(), authorization=f"{BEARER} extra"),
     Hostile("auth-token-prefix", 401, "unauthorized", body=body_with(), authorization=BEARER[:-1]),
     Hostile("auth-huge-token", 401, "unauthorized", body=body_with(), authorization="Bearer " + "t" * 8000),
+    raw_case("auth-missing-malformed-json", 401, "unauthorized", b'{"prompt": ', authorization=None),
+    raw_case("auth-wrong-malformed-json", 401, "unauthorized", b"{", authorization="Bearer not-a-token"),
     get_case(
         "auth-status-missing", f"/v1/requests/{'0' * 32}/status", 401, "unauthorized", authorization=None
     ),

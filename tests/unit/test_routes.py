@@ -492,6 +492,24 @@ def test_malformed_or_non_object_bodies(http, stack) -> None:
     assert stack.publisher.published == []
 
 
+@pytest.mark.parametrize(
+    ("authorization", "challenge"),
+    [
+        (None, 'Bearer realm="infinitetalk"'),
+        ("Bearer not-a-known-token-0123456789", 'error="invalid_token"'),
+        ("Basic dXNlcjpwYXNz", 'error="invalid_token"'),
+    ],
+)
+def test_malformed_json_from_an_unauthenticated_caller_is_401_not_400(http, stack, authorization, challenge):
+    headers = {"Content-Type": "application/json"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    response = http.post(MODEL_PATH, content=b'{"241_positive_prompt": ', headers=headers)
+    assert error_of(response, 401)["code"] == "unauthorized"
+    assert challenge in response.headers["www-authenticate"]
+    assert stack.publisher.published == []
+
+
 def test_huge_prompt_is_422_not_a_crash(http) -> None:
     error = error_of(
         http.post(MODEL_PATH, json={**SEED_BODY, "241_positive_prompt": "talk " * 200_000}, headers=ALPHA),
