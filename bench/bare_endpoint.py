@@ -3,11 +3,16 @@ status-sized JSON body with no auth and no Redis, from
 
 * ``app``: a plain Ray Serve deployment (``__call__``), and
 * ``fastapi_app``: the same answer from a FastAPI route behind ``@serve.ingress``, the way the app's
-  ingress is built, which tells Serve's ASGI-ingress cost apart from the app's own handler.
+  ingress is built, which tells Serve's ASGI-ingress cost apart from the app's own handler; and from a
+  route that yields to the event loop once before answering (``/status-after-await``), as any handler
+  that awaits I/O does. Serve starts a task per request that asks the proxy actor for the request's body
+  and disconnect; it gets to run (an actor call) only when the handler yields, so this route tells that
+  cost apart from the app's own work.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI
@@ -42,6 +47,12 @@ _fastapi = FastAPI()
 
 @_fastapi.get("/status")
 async def _status() -> dict[str, Any]:
+    return STATUS_BODY
+
+
+@_fastapi.get("/status-after-await")
+async def _status_after_await() -> dict[str, Any]:
+    await asyncio.sleep(0)
     return STATUS_BODY
 
 

@@ -9,6 +9,8 @@ next to MODEL.md's figure.
 
     python -m bench.gpu_sampler                                  # on a GPU: all sizes, every backend
     python -m bench.gpu_sampler --preset tiny --device cpu --sizes 64x64 --passes 1 --skip-job  # smoke
+
+On a lent GPU machine a whole run outlasts one device call; ``bench/device/gpu_bench.sh`` runs it in phases.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -207,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(SEED_SIZES), help="comma-separated WxH")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated diffusers backends")
     parser.add_argument("--passes", type=int, default=3, help="timed passes per size and backend")
+    parser.add_argument("--skip-passes", action="store_true", help="no DiT pass timings")
     parser.add_argument("--skip-vae", action="store_true")
     parser.add_argument("--skip-job", action="store_true")
     parser.add_argument("--results", type=Path, help="results directory (default bench/results)")
@@ -216,23 +220,23 @@ def main(argv: list[str] | None = None) -> int:
     preset = get_preset(args.preset)
     config = dict(preset.transformer)
     sizes = [size.strip() for size in args.sizes.split(",") if size.strip()]
-    model = build_transformer(config, preset.random_seed, device=device, dtype=dtype)
     figures: dict[str, Any] = {"preset": preset.name, "dtype": str(dtype), "passes": []}
-    for size in sizes:
-        figures["passes"] += bench_passes(
-            model, config, size, args.backends.split(","), args.passes, device, dtype
-        )
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    if not args.skip_passes:
+        model = build_transformer(config, preset.random_seed, device=device, dtype=dtype)
+        for size in sizes:
+            figures["passes"] += bench_passes(
+                model, config, size, args.backends.split(","), args.passes, device, dtype
+            )
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     if not args.skip_vae:
         vae = build_vae(preset.vae, preset.random_seed).to(device, dtype)
         figures["vae_decode"] = [bench_vae_decode(vae, size, device, args.passes) for size in sizes]
         del vae
     if not args.skip_job:
-        figures["seed_job"] = bench_seed_job(
-            args.preset, device, dtype, Path("outputs") / "bench-seed-job.mp4"
-        )
+        with tempfile.TemporaryDirectory(prefix="bench-seed-job-") as scratch:
+            figures["seed_job"] = bench_seed_job(args.preset, device, dtype, Path(scratch) / "job.mp4")
     path = write_result("gpu_sampler", figures, *([args.results] if args.results else []))
     rows = [
         (
@@ -259,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         "MODEL.md",
         "note",
     ]
-    print(table(headers, rows))
+    if rows:
+        print(table(headers, rows))
     for vae in figures.get("vae_decode", []):
         print(f"VAE decode {vae['size']}: {vae['seconds_per_chunk']:.2f} s per 81-frame chunk")
     if "seed_job" in figures:

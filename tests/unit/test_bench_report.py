@@ -23,3 +23,7 @@ def test_table_aligns_columns_and_rounds_numbers():
     assert lines[3].split() == ["mux", "-"]
     assert lines[4].split() == ["decode", "1234"]
     assert len({line.index(line.split()[1]) for line in [lines[0], lines[2], lines[3]]}) == 1
+
+
+def test_table_without_rows_is_its_header():
+    assert table(["size", "s/pass"], []).splitlines() == ["size  s/pass", "----  ------"]
