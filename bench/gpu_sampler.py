@@ -36,7 +36,8 @@ from pipeline.conditioning import load_image
 from pipeline.conditioning.vae import WanVAE
 from pipeline.models.transformer import InfiniteTalkTransformer3DModel
 from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline, synchronize
-from pipeline.presets import get_preset
+from pipeline.presets import Fp8Mode, get_preset
+from pipeline.quantization import quantize_transformer
 from pipeline.weights.dit import build_transformer
 from pipeline.weights.vae import build_vae
 
@@ -118,6 +119,24 @@ def time_calls(call: Callable[[], Any], device: torch.device, repeats: int) -> l
     return seconds
 
 
+def time_pass(
+    model: InfiniteTalkTransformer3DModel,
+    inputs: dict[str, torch.Tensor],
+    flops: int,
+    passes: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    with peak_memory(device) as peak, torch.inference_mode():
+        seconds = time_calls(lambda: model(**inputs), device, passes)
+    median = statistics.median(seconds)
+    return {
+        "seconds_per_pass": median,
+        "all_seconds": seconds,
+        "tflops": flops / median / 1e12,
+        "peak_gib": peak(),
+    }
+
+
 def bench_passes(
     model: InfiniteTalkTransformer3DModel,
     config: dict[str, Any],
@@ -135,21 +154,46 @@ def bench_passes(
         row: dict[str, Any] = {"size": size, "backend": backend, "flops": flops}
         try:
             model.set_attention_backend(backend)
-            with peak_memory(device) as peak, torch.inference_mode():
-                seconds = time_calls(lambda: model(**inputs), device, passes)
-            median = statistics.median(seconds)
-            row |= {
-                "seconds_per_pass": median,
-                "all_seconds": seconds,
-                "tflops": flops / median / 1e12,
-                "peak_gib": peak(),
-            }
+            row |= time_pass(model, inputs, flops, passes, device)
         except Exception as error:  # one backend missing or failing must not end the run
             row["error"] = f"{type(error).__name__}: {error}"[:300]
         rows.append(row)
         print(_pass_line(row), file=sys.stderr)
     model.set_attention_backend("native")
     return rows
+
+
+def bench_fp8(
+    model: InfiniteTalkTransformer3DModel,
+    config: dict[str, Any],
+    sizes: list[str],
+    mode: str,
+    passes: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> list[dict[str, Any]]:
+    """Quantise ``model`` in place, then time a pass per size on the inputs a full-precision pass saw just
+    before, and report how far the fp8 output is from that one (relative L2 distance)."""
+    inputs = {size: pass_inputs(config, *parse_size(size), device, dtype) for size in sizes}
+    with torch.inference_mode():
+        references = {size: model(**inputs[size]).float() for size in sizes}
+    quantize_transformer(model, mode)
+    rows = []
+    for size in sizes:
+        flops = count_pass_flops(config, *parse_size(size))
+        row: dict[str, Any] = {"size": size, "backend": f"native, fp8 {mode}", "fp8": mode, "flops": flops}
+        row |= time_pass(model, inputs[size], flops, passes, device)
+        with torch.inference_mode():
+            output = model(**inputs[size]).float()
+        reference = references.pop(size)
+        row["relative_difference"] = ((output - reference).norm() / reference.norm()).item()
+        rows.append(row)
+        print(_pass_line(row), file=sys.stderr)
+    return rows
+
+
+def _difference_note(row: dict[str, Any]) -> str:
+    return f"vs unquantised: {row['relative_difference']:.4f}" if "relative_difference" in row else ""
 
 
 def _pass_line(row: dict[str, Any]) -> str:
@@ -210,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(SEED_SIZES), help="comma-separated WxH")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated diffusers backends")
     parser.add_argument("--passes", type=int, default=3, help="timed passes per size and backend")
+    parser.add_argument(
+        "--fp8",
+        choices=[mode.value for mode in Fp8Mode if mode is not Fp8Mode.OFF],
+        help="after the bf16 passes, quantise the DiT and time it again (native attention)",
+    )
     parser.add_argument("--skip-passes", action="store_true", help="no DiT pass timings")
     parser.add_argument("--skip-vae", action="store_true")
     parser.add_argument("--skip-job", action="store_true")
@@ -227,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             figures["passes"] += bench_passes(
                 model, config, size, args.backends.split(","), args.passes, device, dtype
             )
+        if args.fp8:
+            figures["passes"] += bench_fp8(model, config, sizes, args.fp8, args.passes, device, dtype)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -248,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             row.get("peak_gib"),
             row["flops"] / 1e12,
             MODEL_MD_TFLOP.get(row["size"]),
-            row.get("error", "")[:40],
+            row["error"][:40] if "error" in row else _difference_note(row),
         )
         for row in figures["passes"]
     ]

@@ -16,7 +16,7 @@ from pipeline.components import LoraSpec, load_components
 from pipeline.conditioning import load_image
 from pipeline.errors import InputError, PipelineError, SizeError
 from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
-from pipeline.presets import NEGATIVE_PROMPT, PRESETS
+from pipeline.presets import NEGATIVE_PROMPT, PRESETS, Fp8Mode
 from pipeline.progress import Progress
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)")
@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--preset", choices=sorted(PRESETS), help="model preset; tiny needs no weights")
     gen.add_argument("--lora", action="append", default=[], type=str, help="PATH[:SCALE], repeatable")
     gen.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    gen.add_argument(
+        "--fp8",
+        choices=[mode.value for mode in Fp8Mode],
+        default=Fp8Mode.OFF.value,
+        help="fp8 DiT weights: 'weights' halves their memory, 'dynamic' also runs fp8 matmuls (Ada/Hopper)",
+    )
     return parser
 
 
@@ -75,7 +81,9 @@ def generate(args: argparse.Namespace) -> Path:
     speech = decode_audio(args.audio)
     preset = args.preset or ("infinitetalk-14b" if args.weights else "tiny")
     started = time.perf_counter()
-    components = load_components(preset, weights_dir=args.weights, device=args.device, loras=loras)
+    components = load_components(
+        preset, weights_dir=args.weights, device=args.device, loras=loras, fp8=args.fp8
+    )
     load_seconds = time.perf_counter() - started
     pipe = InfiniteTalkPipeline(components)
     request = GenerationRequest(

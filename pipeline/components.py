@@ -12,7 +12,8 @@ from pipeline.audio import InfiniteTalkWav2Vec2
 from pipeline.conditioning import ClipImageEncoder, TextEncoder, WanVAE, build_tiny_tokenizer, load_tokenizer
 from pipeline.errors import InputError, WeightsError
 from pipeline.models import InfiniteTalkTransformer3DModel
-from pipeline.presets import Preset, get_preset
+from pipeline.presets import Fp8Mode, Preset, get_preset
+from pipeline.quantization import quantize_transformer
 from pipeline.weights import clip, dit, t5, vae, wav2vec2
 from pipeline.weights.layout import discover
 
@@ -68,20 +69,30 @@ def load_components(
     dtype: torch.dtype | None = None,
     loras: list[LoraSpec] | tuple[LoraSpec, ...] = (),
     with_audio_encoder: bool = True,
+    fp8: Fp8Mode | str = Fp8Mode.OFF,
 ) -> Components:
-    """The tiny preset builds random weights from its fixed seed; the 14B preset loads ``weights_dir``."""
+    """The tiny preset builds random weights from its fixed seed; the 14B preset loads ``weights_dir``.
+
+    ``fp8`` quantises the DiT's block linears after loading (and after LoRAs are merged), see
+    ``pipeline.quantization``.
+    """
     preset = get_preset(preset_name)
     device = resolve_device(device)
     dtype = dtype or default_dtype(device)
+    fp8 = Fp8Mode(fp8)
     if preset.needs_weights:
         if weights_dir is None:
             raise WeightsError(f"preset {preset.name!r} needs a weights directory (--weights DIR)")
-        return _load(preset, Path(weights_dir), device, dtype, loras, with_audio_encoder)
-    if weights_dir is not None:
-        raise InputError(f"preset {preset.name!r} uses random weights; it takes no weights directory")
-    if loras:
-        raise InputError(f"preset {preset.name!r} uses random weights; LoRAs apply to real weights only")
-    return _build(preset, device, dtype, with_audio_encoder)
+        components = _load(preset, Path(weights_dir), device, dtype, loras, with_audio_encoder)
+    else:
+        if weights_dir is not None:
+            raise InputError(f"preset {preset.name!r} uses random weights; it takes no weights directory")
+        if loras:
+            raise InputError(f"preset {preset.name!r} uses random weights; LoRAs apply to real weights only")
+        components = _build(preset, device, dtype, with_audio_encoder)
+    quantize_transformer(components.transformer, fp8)
+    components.identities["fp8"] = fp8.value
+    return components
 
 
 def random_components(

@@ -11,6 +11,7 @@ exact requested size, the same code path 960×540 takes on the real model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from pipeline.errors import InputError
@@ -21,6 +22,14 @@ NEGATIVE_PROMPT = (
     "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still "
     "picture, messy background, three legs, many people in the background, walking backwards"
 )
+
+
+class Fp8Mode(str, Enum):
+    """How the DiT's block linears are held and run (``pipeline.quantization``); any preset takes any."""
+
+    OFF = "off"
+    WEIGHTS = "weights"
+    DYNAMIC = "dynamic"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.presets import PRESETS
+from pipeline.presets import PRESETS, Fp8Mode
 
 
 class _Strict(BaseModel):
@@ -33,6 +33,10 @@ class ModelConfig(_Strict):
     )
     loras: list[LoraConfig] = Field(default_factory=list)
     device: str | None = Field(None, description="torch device; default: cuda when the replica has a GPU")
+    fp8: Fp8Mode = Field(
+        Fp8Mode.OFF,
+        description="fp8 DiT weights: 'off', 'weights' (half the memory), 'dynamic' (fp8 matmuls; Hopper)",
+    )
 
     @model_validator(mode="after")
     def _preset_known(self) -> ModelConfig:

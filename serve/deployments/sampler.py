@@ -43,6 +43,7 @@ class Sampler:
             device=model.device,
             loras=[LoraSpec(lora.path, lora.scale) for lora in model.loras],
             with_audio_encoder=False,
+            fp8=model.fp8,
         )
         self._audio_encoder = audio_encoder
         self._drain_seconds = app_config.queue.drain_seconds

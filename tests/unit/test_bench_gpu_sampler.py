@@ -22,11 +22,14 @@ def test_counted_flops_of_the_14b_pass_match_model_md(size: str) -> None:
 
 def test_cpu_smoke_run_writes_a_result(tmp_path, capsys) -> None:
     argv = ["--preset", "tiny", "--device", "cpu", "--sizes", "64x64", "--passes", "1"]
-    assert main([*argv, "--backends", "native,xformers", "--skip-job", "--results", str(tmp_path)]) == 0
+    backends = ["--backends", "native,xformers", "--fp8", "weights"]
+    assert main([*argv, *backends, "--skip-job", "--results", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("gpu_sampler-*.json")
     figures = json.loads(path.read_text())["figures"]
-    native, xformers = figures["passes"]
+    native, xformers, fp8 = figures["passes"]
     assert native["backend"] == "native" and native["seconds_per_pass"] > 0 and native["flops"] > 0
     assert "error" in xformers or xformers["seconds_per_pass"] > 0  # skipped with a reason where absent
+    assert fp8["fp8"] == "weights" and fp8["seconds_per_pass"] > 0
+    assert 0 < fp8["relative_difference"] < 0.05  # quantised, and still close to the unquantised pass
     assert figures["vae_decode"][0]["seconds_per_chunk"] > 0
     assert "native" in capsys.readouterr().out

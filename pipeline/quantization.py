@@ -1,0 +1,85 @@
+"""fp8 weights for the DiT blocks (torchao), an option of the sampler: the 14B model's linear layers hold
+most of its bytes and nearly all of its FLOPs.
+
+* ``weights``: fp8 (e4m3) weights with one scale per output channel, computed in the activations' dtype.
+  Halves the blocks' weight memory; runs anywhere torchao does (the CPU included), so it is what tests check.
+* ``dynamic``: the same weights, and activations quantised per row at run time, so the matmuls themselves
+  run in fp8 (``torch._scaled_mm``). Needs a GPU of compute capability 8.9 or newer (Ada, Hopper).
+
+Only linear layers inside ``blocks`` change; the patch embedding, condition and audio embedders, norms and
+the output head stay in the model's dtype, as do layers whose sides are not multiples of 16 (fp8 matmul
+kernels need that).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.errors import InputError
+from pipeline.presets import Fp8Mode
+
+_FP8_MULTIPLE = 16
+_DYNAMIC_MIN_CAPABILITY = (8, 9)
+
+
+def is_quantizable(module: nn.Module, name: str) -> bool:
+    """A linear layer of a DiT block whose sides fp8 kernels accept."""
+    return (
+        isinstance(module, nn.Linear)
+        and name.startswith("blocks.")
+        and module.in_features % _FP8_MULTIPLE == 0
+        and module.out_features % _FP8_MULTIPLE == 0
+    )
+
+
+def quantize_transformer(transformer: nn.Module, mode: Fp8Mode | str) -> int:
+    """Quantise ``transformer``'s block linears in place; returns how many layers changed (0 for ``off``)."""
+    mode = Fp8Mode(mode)
+    if mode is Fp8Mode.OFF:
+        return 0
+    device = next(transformer.parameters()).device
+    if mode is Fp8Mode.DYNAMIC:
+        _check_dynamic_support(device)
+    try:
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            Float8WeightOnlyConfig,
+            PerRow,
+            quantize_,
+        )
+    except ImportError as error:
+        raise InputError("fp8 weights need torchao: pip install 'infinitetalk[fp8]'") from error
+    config = (
+        Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+        if mode is Fp8Mode.DYNAMIC
+        else Float8WeightOnlyConfig()
+    )
+    count = sum(1 for name, module in transformer.named_modules() if is_quantizable(module, name))
+    quantize_(transformer, config, filter_fn=is_quantizable)
+    return count
+
+
+def _check_dynamic_support(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise InputError(f"fp8 'dynamic' runs fp8 matmuls on a GPU; the model is on {device}. Use 'weights'.")
+    capability = torch.cuda.get_device_capability(device)
+    if capability < _DYNAMIC_MIN_CAPABILITY:
+        raise InputError(
+            f"fp8 'dynamic' needs compute capability 8.9 or newer (Ada, Hopper); this GPU has "
+            f"{capability[0]}.{capability[1]}. Use 'weights'."
+        )
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of ``module``'s parameters as stored (fp8 data and its scales counted as they are)."""
+    return sum(stored_bytes(parameter) for parameter in module.parameters())
+
+
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds; torchao's fp8 tensors are wrapper subclasses, their bytes in inner tensors."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is None:
+        return tensor.numel() * tensor.element_size()
+    names, _ = flatten()
+    return sum(stored_bytes(getattr(tensor, name)) for name in names)
