@@ -163,28 +163,33 @@ def bench_passes(
     return rows
 
 
-def bench_fp8(
+def bench_variant(
     model: InfiniteTalkTransformer3DModel,
     config: dict[str, Any],
     sizes: list[str],
-    mode: str,
+    label: str,
+    change: Callable[[InfiniteTalkTransformer3DModel], Any],
     passes: int,
     device: torch.device,
-    dtype: torch.dtype,
 ) -> list[dict[str, Any]]:
-    """Quantise ``model`` in place, then time a pass per size on the inputs a full-precision pass saw just
-    before, and report how far the fp8 output is from that one (relative L2 distance)."""
+    """Apply ``change`` to ``model`` in place (compile it, quantise it), then time a pass per size on the
+    inputs the model saw just before, and report how far the output moved (relative L2 distance). The
+    first call after the change (compilation, autotuning) is timed on its own."""
+    dtype = model.dtype
     inputs = {size: pass_inputs(config, *parse_size(size), device, dtype) for size in sizes}
     with torch.inference_mode():
         references = {size: model(**inputs[size]).float() for size in sizes}
-    quantize_transformer(model, mode)
+    change(model)
     rows = []
     for size in sizes:
         flops = count_pass_flops(config, *parse_size(size))
-        row: dict[str, Any] = {"size": size, "backend": f"native, fp8 {mode}", "fp8": mode, "flops": flops}
-        row |= time_pass(model, inputs[size], flops, passes, device)
+        row: dict[str, Any] = {"size": size, "backend": f"native, {label}", "variant": label, "flops": flops}
         with torch.inference_mode():
+            started = time.perf_counter()
             output = model(**inputs[size]).float()
+            synchronize(device)
+        row["first_call_seconds"] = time.perf_counter() - started
+        row |= time_pass(model, inputs[size], flops, passes, device)
         reference = references.pop(size)
         row["relative_difference"] = ((output - reference).norm() / reference.norm()).item()
         rows.append(row)
@@ -193,7 +198,7 @@ def bench_fp8(
 
 
 def _difference_note(row: dict[str, Any]) -> str:
-    return f"vs unquantised: {row['relative_difference']:.4f}" if "relative_difference" in row else ""
+    return f"output moved {row['relative_difference']:.4f}" if "relative_difference" in row else ""
 
 
 def _pass_line(row: dict[str, Any]) -> str:
@@ -255,9 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated diffusers backends")
     parser.add_argument("--passes", type=int, default=3, help="timed passes per size and backend")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="after the bf16 passes, torch.compile the DiT blocks and time it again (native attention)",
+    )
+    parser.add_argument(
         "--fp8",
         choices=[mode.value for mode in Fp8Mode if mode is not Fp8Mode.OFF],
-        help="after the bf16 passes, quantise the DiT and time it again (native attention)",
+        help="then quantise the DiT and time it again (native attention)",
     )
     parser.add_argument("--skip-passes", action="store_true", help="no DiT pass timings")
     parser.add_argument("--skip-vae", action="store_true")
@@ -276,8 +286,13 @@ def main(argv: list[str] | None = None) -> int:
             figures["passes"] += bench_passes(
                 model, config, size, args.backends.split(","), args.passes, device, dtype
             )
+        variants: list[tuple[str, Callable[[InfiniteTalkTransformer3DModel], Any]]] = []
+        if args.compile:
+            variants.append(("compiled", lambda model: model.compile_repeated_blocks(fullgraph=True)))
         if args.fp8:
-            figures["passes"] += bench_fp8(model, config, sizes, args.fp8, args.passes, device, dtype)
+            variants.append((f"fp8 {args.fp8}", lambda model: quantize_transformer(model, args.fp8)))
+        for label, change in variants:  # cumulative: fp8 rows of a compiled run are compiled too
+            figures["passes"] += bench_variant(model, config, sizes, label, change, args.passes, device)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -29,7 +29,17 @@ def test_cpu_smoke_run_writes_a_result(tmp_path, capsys) -> None:
     native, xformers, fp8 = figures["passes"]
     assert native["backend"] == "native" and native["seconds_per_pass"] > 0 and native["flops"] > 0
     assert "error" in xformers or xformers["seconds_per_pass"] > 0  # skipped with a reason where absent
-    assert fp8["fp8"] == "weights" and fp8["seconds_per_pass"] > 0
+    assert fp8["variant"] == "fp8 weights" and fp8["seconds_per_pass"] > 0
     assert 0 < fp8["relative_difference"] < 0.05  # quantised, and still close to the unquantised pass
     assert figures["vae_decode"][0]["seconds_per_chunk"] > 0
     assert "native" in capsys.readouterr().out
+
+
+def test_compiled_blocks_give_the_eager_output(tmp_path) -> None:
+    argv = ["--preset", "tiny", "--device", "cpu", "--sizes", "64x64", "--passes", "1", "--compile"]
+    assert main([*argv, "--backends", "native", "--skip-vae", "--skip-job", "--results", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("gpu_sampler-*.json")
+    eager, compiled = json.loads(path.read_text())["figures"]["passes"]
+    assert eager["backend"] == "native"
+    assert compiled["variant"] == "compiled" and compiled["first_call_seconds"] > compiled["seconds_per_pass"]
+    assert compiled["relative_difference"] < 1e-4
