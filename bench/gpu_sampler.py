@@ -5,7 +5,8 @@ Per size (one 81-frame chunk: 21 latent frames) and attention backend: seconds p
 ``--passes`` after a warm-up), achieved TFLOP/s and its share of the H100's measured bf16 matmul rate
 (790 TFLOP/s), peak GPU memory. FLOPs are counted, not estimated: the same forward runs once on the meta
 device under ``torch.utils.flop_counter.FlopCounterMode`` (no memory needed), and the count is printed
-next to MODEL.md's figure.
+next to MODEL.md's figure. ``--compile`` and ``--fp8`` add rows for the same model compiled, then quantised
+(cumulative), each with how far its output moved. The VAE decode is timed whole and spatially tiled.
 
     python -m bench.gpu_sampler                                  # on a GPU: all sizes, every backend
     python -m bench.gpu_sampler --preset tiny --device cpu --sizes 64x64 --passes 1 --skip-job  # smoke
@@ -209,19 +210,34 @@ def _pass_line(row: dict[str, Any]) -> str:
     )
 
 
-def bench_vae_decode(vae: WanVAE, size: str, device: torch.device, repeats: int) -> dict[str, Any]:
+def bench_vae_decode(vae: WanVAE, size: str, device: torch.device, repeats: int) -> list[dict[str, Any]]:
+    """One chunk's decode, whole and with diffusers' spatial tiling (activation memory for speed); the tiled
+    row carries the largest pixel difference from the whole decode (pixels in [-1, 1])."""
     width, height = parse_size(size)
     latent = torch.randn(
         1, vae.latent_channels, CHUNK_LATENT_FRAMES, height // 8, width // 8, device=device
     ).to(vae.dtype)
-    with peak_memory(device) as peak, torch.inference_mode():
-        seconds = time_calls(lambda: vae.decode(latent), device, repeats)
-    return {
-        "size": size,
-        "seconds_per_chunk": statistics.median(seconds),
-        "all_seconds": seconds,
-        "peak_gib": peak(),
-    }
+    rows, outputs = [], []
+    for tiled in (False, True):
+        if tiled:
+            vae.enable_tiling()
+        try:
+            with peak_memory(device) as peak, torch.inference_mode():
+                seconds = time_calls(lambda: vae.decode(latent), device, repeats)
+                outputs.append(vae.decode(latent))
+        finally:
+            vae.disable_tiling()
+        rows.append(
+            {
+                "size": size,
+                "tiled": tiled,
+                "seconds_per_chunk": statistics.median(seconds),
+                "all_seconds": seconds,
+                "peak_gib": peak(),
+            }
+        )
+    rows[1]["max_abs_difference"] = (outputs[1] - outputs[0]).abs().max().item()
+    return rows
 
 
 def bench_seed_job(preset_name: str, device: torch.device, dtype: torch.dtype, out: Path) -> dict[str, Any]:
@@ -298,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
     if not args.skip_vae:
         vae = build_vae(preset.vae, preset.random_seed).to(device, dtype)
-        figures["vae_decode"] = [bench_vae_decode(vae, size, device, args.passes) for size in sizes]
+        figures["vae_decode"] = [
+            row for size in sizes for row in bench_vae_decode(vae, size, device, args.passes)
+        ]
         del vae
     if not args.skip_job:
         with tempfile.TemporaryDirectory(prefix="bench-seed-job-") as scratch:
@@ -332,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         print(table(headers, rows))
     for vae in figures.get("vae_decode", []):
-        print(f"VAE decode {vae['size']}: {vae['seconds_per_chunk']:.2f} s per 81-frame chunk")
+        how = "tiled" if vae["tiled"] else "whole"
+        peak = f", peak {vae['peak_gib']:.1f} GiB" if vae["peak_gib"] is not None else ""
+        print(f"VAE decode {vae['size']} {how}: {vae['seconds_per_chunk']:.2f} s per 81-frame chunk{peak}")
     if "seed_job" in figures:
         job = figures["seed_job"]
         print(f"seed job: {job['seconds']:.1f} s end to end, {job['over_dit_limit']:.2f}x the 49 s DiT limit")
