@@ -3,6 +3,7 @@
 #
 #   docker build -t ghcr.io/OWNER/infinitetalk-serve:0.1.0 .
 #   docker build --build-arg EXTRAS='[gpu]' ...          # adds xformers (must match the torch build)
+#   docker build --build-arg EXTRAS='[gpu,fp8]' ...      # and torchao, for model.fp8 in the config
 #
 # The Ray version of the base image must equal `rayVersion` in k8s/base/rayservice.yaml.
 ARG BASE_IMAGE=rayproject/ray:2.60.0-py311-gpu

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.presets import PRESETS, Fp8Mode
 
@@ -37,6 +37,12 @@ class ModelConfig(_Strict):
         Fp8Mode.OFF,
         description="fp8 DiT weights: 'off', 'weights' (half the memory), 'dynamic' (fp8 matmuls; Hopper)",
     )
+
+    @field_validator("fp8", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `fp8: off` as false.
+        return Fp8Mode.OFF if value is False else value
 
     @model_validator(mode="after")
     def _preset_known(self) -> ModelConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from pydantic import ValidationError
 
 from bench.gpu_sampler import pass_inputs
@@ -103,5 +104,7 @@ def test_a_whole_generation_runs_on_fp8_weights_and_records_it(assets, tmp_path)
 def test_model_config_takes_the_fp8_mode_and_names_a_bad_one():
     assert ModelConfig(fp8="weights").fp8.value == "weights"
     assert ModelConfig().fp8.value == "off"
-    with pytest.raises(ValidationError, match="fp8"):
-        ModelConfig(fp8="fp4")
+    assert ModelConfig.model_validate(yaml.safe_load("fp8: off")).fp8.value == "off"  # YAML's false
+    for bad in ("fp4", True, "on"):
+        with pytest.raises(ValidationError, match="fp8"):
+            ModelConfig(fp8=bad)
