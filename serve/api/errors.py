@@ -218,12 +218,13 @@ def api_error_from_pipeline(
     whose message says nothing of the cause (weights paths and the like stay in the log).
     """
     if isinstance(error, InputError):
-        detail: dict[str, Any] = {"message": error.message, "type": error.code}
+        # Pipeline messages often name the input already ("284_image: not an image ..."); the detail gives
+        # the bare reason beside its field, as every other error's details do.
+        reason = error.message if field is None else error.message.removeprefix(f"{field}: ")
+        detail: dict[str, Any] = {"message": reason, "type": error.code}
         if field is not None:
             detail = {"field": field, **detail}
-        message = (
-            error.message if field is None or error.message.startswith(field) else f"{field}: {error.message}"
-        )
+        message = error.message if field is None else f"{field}: {reason}"
         if not_media:
             return UnsupportedMediaType(message, details=[detail])
         return ValidationFailed(message, code=error.code, details=[detail])

@@ -266,12 +266,13 @@ def test_pipeline_input_errors_map_to_422_or_415() -> None:
     assert error.details == [
         {
             "field": "284_image",
-            "message": "284_image: unreadable, truncated or corrupt image",
+            "message": "unreadable, truncated or corrupt image",
             "type": "invalid_image",
         }
     ]
     error = api_error_from_pipeline(AudioError("audio lasts 700 s"), field="125_audio")
     assert (error.status, error.code, error.message) == (422, "invalid_audio", "125_audio: audio lasts 700 s")
+    assert error.details == [{"field": "125_audio", "message": "audio lasts 700 s", "type": "invalid_audio"}]
     error = api_error_from_pipeline(AudioError("no audio stream"), field="125_audio", not_media=True)
     assert (error.status, error.code) == (415, "unsupported_media_type")
     assert api_error_from_pipeline(SizeError("bad size")).status == 422
