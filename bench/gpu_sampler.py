@@ -5,8 +5,9 @@ Per size (one 81-frame chunk: 21 latent frames) and attention backend: seconds p
 ``--passes`` after a warm-up), achieved TFLOP/s and its share of the H100's measured bf16 matmul rate
 (790 TFLOP/s), peak GPU memory. FLOPs are counted, not estimated: the same forward runs once on the meta
 device under ``torch.utils.flop_counter.FlopCounterMode`` (no memory needed), and the count is printed
-next to MODEL.md's figure. ``--compile`` and ``--fp8`` add rows for the same model compiled, then quantised
-(cumulative), each with how far its output moved. The VAE decode is timed whole and spatially tiled.
+next to MODEL.md's figure. ``--fuse-qkv``, ``--compile`` and ``--fp8`` add rows for the same model with
+fused projections, compiled, quantised (cumulative, in that order), each with how far its output moved.
+The VAE decode is timed whole and spatially tiled.
 
     python -m bench.gpu_sampler                                  # on a GPU: all sizes, every backend
     python -m bench.gpu_sampler --preset tiny --device cpu --sizes 64x64 --passes 1 --skip-job  # smoke
@@ -276,9 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated diffusers backends")
     parser.add_argument("--passes", type=int, default=3, help="timed passes per size and backend")
     parser.add_argument(
+        "--fuse-qkv",
+        action="store_true",
+        help="after the bf16 passes, fuse the attention projections (diffusers) and time it again",
+    )
+    parser.add_argument(
         "--compile",
         action="store_true",
-        help="after the bf16 passes, torch.compile the DiT blocks and time it again (native attention)",
+        help="then torch.compile the DiT blocks and time it again (native attention)",
     )
     parser.add_argument(
         "--fp8",
@@ -303,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                 model, config, size, args.backends.split(","), args.passes, device, dtype
             )
         variants: list[tuple[str, Callable[[InfiniteTalkTransformer3DModel], Any]]] = []
+        if args.fuse_qkv:
+            variants.append(("fused QKV", lambda model: model.fuse_qkv_projections()))
         if args.compile:
             variants.append(("compiled", lambda model: model.compile_repeated_blocks(fullgraph=True)))
         if args.fp8:

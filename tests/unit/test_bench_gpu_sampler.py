@@ -7,7 +7,8 @@ import json
 import pytest
 
 from bench.gpu_sampler import MODEL_MD_TFLOP, count_pass_flops, main
-from pipeline.presets import INFINITETALK_14B
+from pipeline.presets import INFINITETALK_14B, TINY
+from pipeline.weights.dit import build_transformer
 
 
 @pytest.mark.parametrize("size", sorted(MODEL_MD_TFLOP))
@@ -37,11 +38,20 @@ def test_cpu_smoke_run_writes_a_result(tmp_path, capsys) -> None:
     assert "native" in capsys.readouterr().out
 
 
-def test_compiled_blocks_give_the_eager_output(tmp_path) -> None:
-    argv = ["--preset", "tiny", "--device", "cpu", "--sizes", "64x64", "--passes", "1", "--compile"]
-    assert main([*argv, "--backends", "native", "--skip-vae", "--skip-job", "--results", str(tmp_path)]) == 0
+def test_fused_then_compiled_blocks_give_the_eager_output(tmp_path) -> None:
+    argv = ["--preset", "tiny", "--device", "cpu", "--sizes", "64x64", "--passes", "1", "--fuse-qkv"]
+    options = ["--compile", "--backends", "native", "--skip-vae", "--skip-job", "--results", str(tmp_path)]
+    assert main([*argv, *options]) == 0
     (path,) = tmp_path.glob("gpu_sampler-*.json")
-    eager, compiled = json.loads(path.read_text())["figures"]["passes"]
+    eager, fused, compiled = json.loads(path.read_text())["figures"]["passes"]
     assert eager["backend"] == "native"
+    assert fused["variant"] == "fused QKV" and fused["relative_difference"] < 1e-5
     assert compiled["variant"] == "compiled" and compiled["first_call_seconds"] > compiled["seconds_per_pass"]
     assert compiled["relative_difference"] < 1e-4
+
+
+def test_qkv_fusion_reaches_the_wan_attention_of_every_block() -> None:
+    model = build_transformer(dict(TINY.transformer), TINY.random_seed)
+    model.fuse_qkv_projections()
+    assert all(block.attn1.fused_projections and block.attn2.fused_projections for block in model.blocks)
+    assert not any(block.audio_cross_attn.fused_projections for block in model.blocks)  # kv already fused
