@@ -39,6 +39,7 @@ CANCEL_PATH = "/v1/requests/{request_id}/cancel"
 SIZE_FIELD, FRAMES_FIELD, STEPS_FIELD = "245_valuex246_value", "270_value", "128_steps"
 IMAGE_FIELD, AUDIO_FIELD = "284_image", "125_audio"
 DRAIN_TIMEOUT_S = 240.0
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection", "expect"})
 
 
 def with_links(document: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +150,7 @@ def _fuzz(operation: Any, mode: GenerationMode, jobs: Jobs) -> None:
     )
     def check(case: Any) -> None:
         _make_cheap(case)
+        _drop_framing_headers(case)
         response = case.call()
         jobs.record(case.method, case.path, response)
         case.validate_response(response)
@@ -160,6 +162,16 @@ def _fuzz(operation: Any, mode: GenerationMode, jobs: Jobs) -> None:
         # parameters at all): there is no negative case to send.
         if mode is not GenerationMode.NEGATIVE:
             raise
+
+
+def _drop_framing_headers(case: Any) -> None:
+    """Negative generation may forge headers that frame the HTTP message itself (``Content-Length: 4c|d``).
+    The server's HTTP parser answers those with its own plain-text 400 before any route runs, so they test
+    uvicorn, not this API; the hostile battery covers lying and oversized bodies."""
+    if case.headers:
+        case.headers = {
+            name: value for name, value in case.headers.items() if name.lower() not in FRAMING_HEADERS
+        }
 
 
 def _make_cheap(case: Any, *, with_examples: bool = False) -> None:
@@ -182,6 +194,7 @@ def test_stateful_links(api_schema: Any, jobs: Jobs) -> None:
         def before_call(self, case: Any) -> None:
             super().before_call(case)
             _make_cheap(case, with_examples=True)
+            _drop_framing_headers(case)
 
         def after_call(self, response: Any, case: Any) -> None:
             super().after_call(response, case)
