@@ -143,14 +143,13 @@ def bench_passes(
     model: InfiniteTalkTransformer3DModel,
     config: dict[str, Any],
     size: str,
+    flops: int,
     backends: list[str],
     passes: int,
     device: torch.device,
     dtype: torch.dtype,
 ) -> list[dict[str, Any]]:
-    width, height = parse_size(size)
-    flops = count_pass_flops(config, width, height)
-    inputs = pass_inputs(config, width, height, device, dtype)
+    inputs = pass_inputs(config, *parse_size(size), device, dtype)
     rows = []
     for backend in backends:
         row: dict[str, Any] = {"size": size, "backend": backend, "flops": flops}
@@ -168,7 +167,7 @@ def bench_passes(
 def bench_variant(
     model: InfiniteTalkTransformer3DModel,
     config: dict[str, Any],
-    sizes: list[str],
+    flops_per_size: dict[str, int],
     label: str,
     change: Callable[[InfiniteTalkTransformer3DModel], Any],
     passes: int,
@@ -178,13 +177,12 @@ def bench_variant(
     inputs the model saw just before, and report how far the output moved (relative L2 distance). The
     first call after the change (compilation, autotuning) is timed on its own."""
     dtype = model.dtype
-    inputs = {size: pass_inputs(config, *parse_size(size), device, dtype) for size in sizes}
+    inputs = {size: pass_inputs(config, *parse_size(size), device, dtype) for size in flops_per_size}
     with torch.inference_mode():
-        references = {size: model(**inputs[size]).float() for size in sizes}
+        references = {size: model(**inputs[size]).float() for size in flops_per_size}
     change(model)
     rows = []
-    for size in sizes:
-        flops = count_pass_flops(config, *parse_size(size))
+    for size, flops in flops_per_size.items():
         row: dict[str, Any] = {"size": size, "backend": f"native, {label}", "variant": label, "flops": flops}
         with torch.inference_mode():
             started = time.perf_counter()
@@ -304,9 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {"preset": preset.name, "dtype": str(dtype), "passes": []}
     if not args.skip_passes:
         model = build_transformer(config, preset.random_seed, device=device, dtype=dtype)
-        for size in sizes:
+        flops_per_size = {size: count_pass_flops(config, *parse_size(size)) for size in sizes}
+        for size, flops in flops_per_size.items():
             figures["passes"] += bench_passes(
-                model, config, size, args.backends.split(","), args.passes, device, dtype
+                model, config, size, flops, args.backends.split(","), args.passes, device, dtype
             )
         variants: list[tuple[str, Callable[[InfiniteTalkTransformer3DModel], Any]]] = []
         if args.fuse_qkv:
@@ -316,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.fp8:
             variants.append((f"fp8 {args.fp8}", lambda model: quantize_transformer(model, args.fp8)))
         for label, change in variants:  # cumulative: fp8 rows of a compiled run are compiled too
-            figures["passes"] += bench_variant(model, config, sizes, label, change, args.passes, device)
+            figures["passes"] += bench_variant(
+                model, config, flops_per_size, label, change, args.passes, device
+            )
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

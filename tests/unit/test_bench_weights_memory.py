@@ -6,10 +6,11 @@ import json
 
 import pytest
 import torch
+from tensor_bytes import weight_bytes
 
 from bench.weights_memory import bf16_bytes, components_on_meta, fp8_bytes, main
 from pipeline.presets import TINY
-from pipeline.quantization import quantize_transformer, weight_bytes
+from pipeline.quantization import quantize_transformer
 from pipeline.weights.dit import build_transformer
 
 

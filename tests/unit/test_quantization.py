@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 from pydantic import ValidationError
+from tensor_bytes import stored_bytes
 
 from bench.gpu_sampler import pass_inputs
 from pipeline.audio import decode_audio
@@ -14,7 +15,7 @@ from pipeline.conditioning import load_image
 from pipeline.errors import InputError
 from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
 from pipeline.presets import TINY
-from pipeline.quantization import is_quantizable, quantize_transformer, stored_bytes
+from pipeline.quantization import is_quantizable, quantize_transformer
 from pipeline.weights.dit import build_transformer
 from serve.config import ModelConfig
 
