@@ -5,9 +5,10 @@ Per size (one 81-frame chunk: 21 latent frames) and attention backend: seconds p
 ``--passes`` after a warm-up), achieved TFLOP/s and its share of the H100's measured bf16 matmul rate
 (790 TFLOP/s), peak GPU memory. FLOPs are counted, not estimated: the same forward runs once on the meta
 device under ``torch.utils.flop_counter.FlopCounterMode`` (no memory needed), and the count is printed
-next to MODEL.md's figure. ``--fuse-qkv``, ``--compile`` and ``--fp8`` add rows for the same model with
-fused projections, compiled, quantised (cumulative, in that order), each with how far its output moved.
-The VAE decode is timed whole and spatially tiled.
+next to MODEL.md's figure. ``--token-chunk``, ``--fuse-qkv``, ``--compile`` and ``--fp8`` add rows for the
+same model token-chunked, with fused projections, compiled, quantised (cumulative, in that order), each with
+how far its output moved; ``bench.activation_memory`` counts the peak each should have, for comparison.
+The VAE decode is timed whole, spatially tiled and with channels-last weights.
 
     python -m bench.gpu_sampler                                  # on a GPU: all sizes, every backend
     python -m bench.gpu_sampler --preset tiny --device cpu --sizes 64x64 --passes 1 --skip-job  # smoke
@@ -30,9 +31,11 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.activation_memory import counted_pass_gib
+from bench.dit_inputs import CHUNK_LATENT_FRAMES, SEED_SIZES, pass_inputs
 from bench.report import table, write_result
 from pipeline.audio import decode_audio
-from pipeline.cli import parse_size
+from pipeline.cli import parse_size, positive_int
 from pipeline.components import random_components
 from pipeline.conditioning import load_image
 from pipeline.conditioning.vae import WanVAE
@@ -44,7 +47,6 @@ from pipeline.weights.dit import build_transformer
 from pipeline.weights.vae import build_vae
 
 ASSETS = Path(__file__).resolve().parents[1] / "pipeline" / "assets"
-SEED_SIZES = ("720x720", "1280x720", "480x832")
 # MODEL.md §9: TFLOP per pass of the 14B model for one 81-frame chunk.
 MODEL_MD_TFLOP = {"720x720": 2743.0, "1280x720": 6971.0, "480x832": 1846.0}
 H100_BF16_TFLOPS = 790.0
@@ -62,33 +64,6 @@ BACKENDS = (
     "_flash_3",
     "sage",
 )
-CHUNK_LATENT_FRAMES = 21
-TEXT_TOKENS, IMAGE_TOKENS = 512, 257
-
-
-def pass_inputs(
-    config: dict[str, Any], width: int, height: int, device: torch.device | str, dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
-    """The transformer's inputs for one chunk at ``width`` x ``height``, as the pipeline passes them."""
-    frames = CHUNK_LATENT_FRAMES
-    audio_frames = 4 * (frames - 1) + 1
-
-    def noise(*shape: int) -> torch.Tensor:
-        return (
-            torch.randn(*shape, device=device, dtype=dtype)
-            if device != "meta"
-            else torch.empty(*shape, device=device, dtype=dtype)
-        )
-
-    return {
-        "hidden_states": noise(1, config["in_channels"], frames, height // 8, width // 8),
-        "timestep": torch.full((1,), 999.0, device=device),
-        "encoder_hidden_states": noise(1, TEXT_TOKENS, config["text_dim"]),
-        "encoder_hidden_states_image": noise(1, IMAGE_TOKENS, config["image_dim"]),
-        "audio_embeds": noise(
-            1, audio_frames, config["audio_window"], config["audio_layers"], config["audio_dim"]
-        ),
-    }
 
 
 def count_pass_flops(config: dict[str, Any], width: int, height: int) -> int:
@@ -136,7 +111,22 @@ def time_pass(
         "all_seconds": seconds,
         "tflops": flops / median / 1e12,
         "peak_gib": peak(),
+        "counted_peak_gib": counted_peak_gib(model, inputs, device),
     }
+
+
+def counted_peak_gib(
+    model: InfiniteTalkTransformer3DModel, inputs: dict[str, torch.Tensor], device: torch.device
+) -> float | None:
+    """What ``bench.activation_memory`` predicts ``peak_gib`` to be: the bytes on the GPU before the pass
+    (weights, inputs) plus the pass's activations counted on fake tensors (bf16, whole or token-chunked as
+    the model is; an fp8 model's dequantisation temporaries are not in the count)."""
+    if device.type != "cuda":
+        return None
+    *_, height, width = inputs["hidden_states"].shape
+    size = f"{width * 8}x{height * 8}"
+    activations = counted_pass_gib(dict(model.config), size, model.blocks[0].token_chunk)
+    return torch.cuda.memory_allocated(device) / 2**30 + activations
 
 
 def bench_passes(
@@ -209,33 +199,53 @@ def _pass_line(row: dict[str, Any]) -> str:
     )
 
 
+VAE_LAYOUTS = ("whole", "tiled", "channels-last")
+
+
+def _conv3d_weights_to(vae: WanVAE, memory_format: torch.memory_format) -> None:
+    # Module.to(memory_format=channels_last_3d) refuses the VAE's 2-D convolutions; only 3-D ones take it.
+    for module in vae.model.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.weight.data = module.weight.data.contiguous(memory_format=memory_format)
+
+
+@contextmanager
+def vae_layout(vae: WanVAE, how: str) -> Iterator[None]:
+    """``tiled``: diffusers' spatial tiling; ``channels-last``: the 3-D conv weights in channels_last_3d (the
+    layout cuDNN's 3-D convolutions may prefer); the VAE is left as it was found."""
+    if how == "tiled":
+        vae.enable_tiling()
+    elif how == "channels-last":
+        _conv3d_weights_to(vae, torch.channels_last_3d)
+    try:
+        yield
+    finally:
+        vae.disable_tiling()
+        _conv3d_weights_to(vae, torch.contiguous_format)
+
+
 def bench_vae_decode(vae: WanVAE, size: str, device: torch.device, repeats: int) -> list[dict[str, Any]]:
-    """One chunk's decode, whole and with diffusers' spatial tiling (activation memory for speed); the tiled
-    row carries the largest pixel difference from the whole decode (pixels in [-1, 1])."""
+    """One chunk's decode per ``VAE_LAYOUTS``: time, peak memory, and the largest pixel difference from the
+    whole decode (pixels in [-1, 1])."""
     width, height = parse_size(size)
     latent = torch.randn(
         1, vae.latent_channels, CHUNK_LATENT_FRAMES, height // 8, width // 8, device=device
     ).to(vae.dtype)
     rows, outputs = [], []
-    for tiled in (False, True):
-        if tiled:
-            vae.enable_tiling()
-        try:
-            with peak_memory(device) as peak, torch.inference_mode():
-                seconds = time_calls(lambda: vae.decode(latent), device, repeats)
-                outputs.append(vae.decode(latent))
-        finally:
-            vae.disable_tiling()
+    for how in VAE_LAYOUTS:
+        with vae_layout(vae, how), peak_memory(device) as peak, torch.inference_mode():
+            seconds = time_calls(lambda: vae.decode(latent), device, repeats)
+            outputs.append(vae.decode(latent))
         rows.append(
             {
                 "size": size,
-                "tiled": tiled,
+                "how": how,
                 "seconds_per_chunk": statistics.median(seconds),
                 "all_seconds": seconds,
                 "peak_gib": peak(),
+                "max_abs_difference": (outputs[-1] - outputs[0]).abs().max().item(),
             }
         )
-    rows[1]["max_abs_difference"] = (outputs[1] - outputs[0]).abs().max().item()
     return rows
 
 
@@ -275,9 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated diffusers backends")
     parser.add_argument("--passes", type=int, default=3, help="timed passes per size and backend")
     parser.add_argument(
+        "--token-chunk",
+        type=positive_int,
+        help="after the bf16 passes, run the DiT's token-wise work N tokens at a time and time it again",
+    )
+    parser.add_argument(
         "--fuse-qkv",
         action="store_true",
-        help="after the bf16 passes, fuse the attention projections (diffusers) and time it again",
+        help="then fuse the attention projections (diffusers) and time it again",
     )
     parser.add_argument(
         "--compile",
@@ -308,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
                 model, config, size, flops, args.backends.split(","), args.passes, device, dtype
             )
         variants: list[tuple[str, Callable[[InfiniteTalkTransformer3DModel], Any]]] = []
+        if args.token_chunk:
+            variants.append(
+                (f"token chunk {args.token_chunk}", lambda model: model.set_token_chunk(args.token_chunk))
+            )
         if args.fuse_qkv:
             variants.append(("fused QKV", lambda model: model.fuse_qkv_projections()))
         if args.compile:
@@ -339,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             row.get("tflops"),
             100 * row["tflops"] / H100_BF16_TFLOPS if "tflops" in row else None,
             row.get("peak_gib"),
+            row.get("counted_peak_gib"),
             row["flops"] / 1e12,
             MODEL_MD_TFLOP.get(row["size"]),
             row["error"][:40] if "error" in row else _difference_note(row),
@@ -352,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         "TFLOP/s",
         "% of 790",
         "peak GiB",
+        "counted GiB",
         "TFLOP counted",
         "MODEL.md",
         "note",
@@ -359,9 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         print(table(headers, rows))
     for vae in figures.get("vae_decode", []):
-        how = "tiled" if vae["tiled"] else "whole"
         peak = f", peak {vae['peak_gib']:.1f} GiB" if vae["peak_gib"] is not None else ""
-        print(f"VAE decode {vae['size']} {how}: {vae['seconds_per_chunk']:.2f} s per 81-frame chunk{peak}")
+        print(
+            f"VAE decode {vae['size']} {vae['how']}: {vae['seconds_per_chunk']:.2f} s per 81-frame chunk"
+            f"{peak}, pixels moved ≤ {vae['max_abs_difference']:.4f}"
+        )
     if "seed_job" in figures:
         job = figures["seed_job"]
         print(f"seed job: {job['seconds']:.1f} s end to end, {job['over_dit_limit']:.2f}x the 49 s DiT limit")

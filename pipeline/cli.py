@@ -44,6 +44,17 @@ def parse_lora(text: str) -> LoraSpec:
         raise InputError(f"--lora {text!r}: scale {scale!r} is not a number") from None
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=Fp8Mode.OFF.value,
         help="fp8 DiT weights: 'weights' halves their memory, 'dynamic' also runs fp8 matmuls (Ada/Hopper)",
     )
+    gen.add_argument(
+        "--token-chunk",
+        type=positive_int,
+        help="run the DiT's token-wise work N tokens at a time: a lower activation peak, the same output",
+    )
+    gen.add_argument(
+        "--vae-tiling", action="store_true", help="decode and encode video in spatial tiles (less memory)"
+    )
+    gen.add_argument(
+        "--batch-guidance",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --cfg other than 1, run the conditional and negative pass as one batch (default) or, "
+        "with --no-batch-guidance, one after the other in half the activation memory",
+    )
     return parser
 
 
@@ -82,7 +108,14 @@ def generate(args: argparse.Namespace) -> Path:
     preset = args.preset or ("infinitetalk-14b" if args.weights else "tiny")
     started = time.perf_counter()
     components = load_components(
-        preset, weights_dir=args.weights, device=args.device, loras=loras, fp8=args.fp8
+        preset,
+        weights_dir=args.weights,
+        device=args.device,
+        loras=loras,
+        fp8=args.fp8,
+        token_chunk=args.token_chunk,
+        vae_tiling=args.vae_tiling,
+        batch_guidance=args.batch_guidance,
     )
     load_seconds = time.perf_counter() - started
     pipe = InfiniteTalkPipeline(components)

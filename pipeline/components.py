@@ -37,6 +37,9 @@ class Components:
     image_encoder: ClipImageEncoder
     audio_encoder: InfiniteTalkWav2Vec2 | None
     identities: dict[str, str] = field(default_factory=dict)
+    #: Guidance's conditional and negative passes as one batch of 2 (True) or one after the other (False:
+    #: half the DiT's activation peak).
+    batch_guidance: bool = True
 
     @property
     def vae_dtype(self) -> torch.dtype:
@@ -70,11 +73,16 @@ def load_components(
     loras: list[LoraSpec] | tuple[LoraSpec, ...] = (),
     with_audio_encoder: bool = True,
     fp8: Fp8Mode | str = Fp8Mode.OFF,
+    token_chunk: int | None = None,
+    vae_tiling: bool = False,
+    batch_guidance: bool = True,
 ) -> Components:
     """The tiny preset builds random weights from its fixed seed; the 14B preset loads ``weights_dir``.
 
     ``fp8`` quantises the DiT's block linears after loading (and after LoRAs are merged), see
-    ``pipeline.quantization``.
+    ``pipeline.quantization``. ``token_chunk``, ``vae_tiling`` and ``batch_guidance=False`` lower the
+    activation peak (the same DiT output; the tiled VAE blends tile seams): ``python -m
+    bench.activation_memory`` counts what each saves.
     """
     preset = get_preset(preset_name)
     device = resolve_device(device)
@@ -92,6 +100,16 @@ def load_components(
         components = _build(preset, device, dtype, with_audio_encoder)
     quantize_transformer(components.transformer, fp8)
     components.identities["fp8"] = fp8.value
+    try:
+        components.transformer.set_token_chunk(token_chunk)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    if vae_tiling:
+        components.vae.enable_tiling()
+    components.identities["token_chunk"] = str(token_chunk or "off")
+    components.identities["vae_tiling"] = "on" if vae_tiling else "off"
+    components.batch_guidance = batch_guidance
+    components.identities["guidance"] = "batched" if batch_guidance else "one pass at a time"
     return components
 
 

@@ -37,6 +37,15 @@ class ModelConfig(_Strict):
         Fp8Mode.OFF,
         description="fp8 DiT weights: 'off', 'weights' (half the memory), 'dynamic' (fp8 matmuls; Hopper)",
     )
+    token_chunk: int | None = Field(
+        None,
+        ge=1,
+        description="run the DiT's token-wise work this many tokens at a time (lower activation peak)",
+    )
+    vae_tiling: bool = Field(False, description="VAE decode/encode in spatial tiles (lower activation peak)")
+    batch_guidance: bool = Field(
+        True, description="cfg ≠ 1: conditional and negative pass as one batch; false halves their peak"
+    )
 
     @field_validator("fp8", mode="before")
     @classmethod

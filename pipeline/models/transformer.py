@@ -8,20 +8,31 @@ and the FFN, as a plain residual (no modulation, no gate).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.normalization import FP32LayerNorm
-from diffusers.models.transformers.transformer_wan import WanTransformer3DModel, WanTransformerBlock
+from diffusers.models.transformers.transformer_wan import (
+    WanAttnProcessor,
+    WanTransformer3DModel,
+    WanTransformerBlock,
+)
 
 from pipeline.models.audio_adapter import AudioProjModel
 from pipeline.models.audio_attention import AudioCrossAttention
+from pipeline.models.chunked_attention import TokenChunkedWanAttnProcessor, map_slices
 
 TEXT_TOKENS = 512
 
 
 class InfiniteTalkTransformerBlock(WanTransformerBlock):
+    #: Tokens per slice for the token-wise parts of the block (norms, modulation, residuals, FFN; its
+    #: attention processors get the same); None runs each over the whole sequence at once. Set through
+    #: ``InfiniteTalkTransformer3DModel.set_token_chunk``.
+    token_chunk: int | None = None
+
     def __init__(
         self,
         dim: int,
@@ -50,22 +61,37 @@ class InfiniteTalkTransformerBlock(WanTransformerBlock):
             self.scale_shift_table + temb.float()
         ).chunk(6, dim=1)
 
-        norm_hidden_states = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(
-            hidden_states
+        def self_attention_input(x: torch.Tensor) -> torch.Tensor:
+            return (self.norm1(x.float()) * (1 + scale_msa) + shift_msa).type_as(x)
+
+        def gated_residual(x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+            return (x.float() + update * gate_msa).type_as(x)
+
+        def cross_attention_input(x: torch.Tensor) -> torch.Tensor:
+            return self.norm2(x.float()).type_as(x)
+
+        def feed_forward(x: torch.Tensor) -> torch.Tensor:
+            norm_x = (self.norm3(x.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(x)
+            return (x.float() + self.ffn(norm_x).float() * c_gate_msa).type_as(x)
+
+        attn_output = self.attn1(self._tokenwise(self_attention_input, hidden_states), None, None, rotary_emb)
+        hidden_states = self._tokenwise(gated_residual, hidden_states, attn_output)
+        del attn_output
+        attn_output = self.attn2(
+            self._tokenwise(cross_attention_input, hidden_states), encoder_hidden_states, None, None
         )
-        attn_output = self.attn1(norm_hidden_states, None, None, rotary_emb)
-        hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
-
-        norm_hidden_states = self.norm2(hidden_states.float()).type_as(hidden_states)
-        hidden_states = hidden_states + self.attn2(norm_hidden_states, encoder_hidden_states, None, None)
-
-        hidden_states = hidden_states + self.audio_cross_attn(self.norm_x(hidden_states), audio_tokens)
-
-        norm_hidden_states = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(
-            hidden_states
+        hidden_states = hidden_states + attn_output
+        del attn_output
+        hidden_states = hidden_states + self.audio_cross_attn(
+            self._tokenwise(self.norm_x, hidden_states), audio_tokens
         )
-        ff_output = self.ffn(norm_hidden_states)
-        return (hidden_states.float() + ff_output.float() * c_gate_msa).type_as(hidden_states)
+        return self._tokenwise(feed_forward, hidden_states)
+
+    def _tokenwise(self, function: Callable[..., torch.Tensor], *sequences: torch.Tensor) -> torch.Tensor:
+        """``function(*sequences)``, a function of each token alone, ``token_chunk`` tokens at a time."""
+        if self.token_chunk is None:
+            return function(*sequences)
+        return map_slices(function, self.token_chunk, *sequences)
 
 
 class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
@@ -158,6 +184,23 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
             tokens=audio_tokens,
             token_dim=audio_token_dim,
         )
+
+    def set_token_chunk(self, tokens: int | None) -> None:
+        """Run every block's token-wise work ``tokens`` tokens at a time (None: all at once).
+
+        Lowers the activation peak of a pass (``python -m bench.activation_memory``) for a few more, smaller
+        kernel launches; the output is the same.
+        """
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+            raise ValueError(f"token chunk must be a positive integer or None, got {tokens!r}")
+        for block in self.blocks:
+            block.token_chunk = tokens
+            for attention in (block.attn1, block.attn2):
+                backend = attention.processor._attention_backend
+                attention.set_processor(
+                    WanAttnProcessor() if tokens is None else TokenChunkedWanAttnProcessor(tokens)
+                )
+                attention.processor._attention_backend = backend
 
     def forward(
         self,

@@ -44,6 +44,9 @@ class Sampler:
             loras=[LoraSpec(lora.path, lora.scale) for lora in model.loras],
             with_audio_encoder=False,
             fp8=model.fp8,
+            token_chunk=model.token_chunk,
+            vae_tiling=model.vae_tiling,
+            batch_guidance=model.batch_guidance,
         )
         self._audio_encoder = audio_encoder
         self._drain_seconds = app_config.queue.drain_seconds

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from bench.gpu_sampler import MODEL_MD_TFLOP, count_pass_flops, main
+from bench.activation_memory import counted_pass_gib
+from bench.dit_inputs import pass_inputs
+from bench.gpu_sampler import MODEL_MD_TFLOP, count_pass_flops, counted_peak_gib, main, vae_layout
 from pipeline.presets import INFINITETALK_14B, TINY
 from pipeline.weights.dit import build_transformer
+from pipeline.weights.vae import build_vae
 
 
 @pytest.mark.parametrize("size", sorted(MODEL_MD_TFLOP))
@@ -32,19 +36,23 @@ def test_cpu_smoke_run_writes_a_result(tmp_path, capsys) -> None:
     assert "error" in xformers or xformers["seconds_per_pass"] > 0  # skipped with a reason where absent
     assert fp8["variant"] == "fp8 weights" and fp8["seconds_per_pass"] > 0
     assert 0 < fp8["relative_difference"] < 0.05  # quantised, and still close to the unquantised pass
-    whole, tiled = figures["vae_decode"]
-    assert not whole["tiled"] and tiled["tiled"] and whole["seconds_per_chunk"] > 0
+    whole, tiled, channels_last = figures["vae_decode"]
+    assert [whole["how"], tiled["how"], channels_last["how"]] == ["whole", "tiled", "channels-last"]
+    assert whole["seconds_per_chunk"] > 0 and whole["max_abs_difference"] == 0
     assert tiled["max_abs_difference"] == 0  # 64x64 is below diffusers' tile size: the same decode
+    assert channels_last["max_abs_difference"] < 1e-5  # a layout, not a different computation
     assert "native" in capsys.readouterr().out
 
 
-def test_fused_then_compiled_blocks_give_the_eager_output(tmp_path) -> None:
-    argv = ["--preset", "tiny", "--device", "cpu", "--sizes", "64x64", "--passes", "1", "--fuse-qkv"]
-    options = ["--compile", "--backends", "native", "--skip-vae", "--skip-job", "--results", str(tmp_path)]
-    assert main([*argv, *options]) == 0
+def test_chunked_then_fused_then_compiled_blocks_give_the_eager_output(tmp_path) -> None:
+    argv = ["--preset", "tiny", "--device", "cpu", "--sizes", "64x64", "--passes", "1"]
+    options = ["--token-chunk", "112", "--fuse-qkv", "--compile", "--backends", "native", "--skip-vae"]
+    options.append("--skip-job")
+    assert main([*argv, *options, "--results", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("gpu_sampler-*.json")
-    eager, fused, compiled = json.loads(path.read_text())["figures"]["passes"]
+    eager, chunked, fused, compiled = json.loads(path.read_text())["figures"]["passes"]
     assert eager["backend"] == "native"
+    assert chunked["variant"] == "token chunk 112" and chunked["relative_difference"] < 1e-5
     assert fused["variant"] == "fused QKV" and fused["relative_difference"] < 1e-5
     assert compiled["variant"] == "compiled" and compiled["first_call_seconds"] > compiled["seconds_per_pass"]
     assert compiled["relative_difference"] < 1e-4
@@ -55,3 +63,27 @@ def test_qkv_fusion_reaches_the_wan_attention_of_every_block() -> None:
     model.fuse_qkv_projections()
     assert all(block.attn1.fused_projections and block.attn2.fused_projections for block in model.blocks)
     assert not any(block.audio_cross_attn.fused_projections for block in model.blocks)  # kv already fused
+
+
+def test_the_counted_peak_is_what_the_gpu_holds_before_the_pass_plus_the_counted_activations(monkeypatch):
+    model = build_transformer(dict(TINY.transformer), TINY.random_seed)
+    model.set_token_chunk(50)
+    inputs = pass_inputs(dict(TINY.transformer), 96, 64, "cpu", torch.float32)
+    assert (
+        counted_peak_gib(model, inputs, torch.device("cpu")) is None
+    )  # nothing to compare against off a GPU
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 * 2**30)
+    counted = counted_peak_gib(model, inputs, torch.device("cuda"))
+    assert counted == 3 + counted_pass_gib(dict(TINY.transformer), "96x64", 50)
+    assert counted_pass_gib(dict(TINY.transformer), "96x64", 50) > 0
+
+
+def test_vae_layouts_apply_and_are_undone() -> None:
+    vae = build_vae(TINY.vae, TINY.random_seed)
+    conv = next(module for module in vae.model.modules() if isinstance(module, torch.nn.Conv3d))
+    with vae_layout(vae, "channels-last"):
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        assert not conv.weight.is_contiguous()
+    with vae_layout(vae, "tiled"):
+        assert vae.model.use_tiling
+    assert conv.weight.is_contiguous() and not vae.model.use_tiling

@@ -99,3 +99,12 @@ def test_size_and_lora_parsing():
     assert parse_lora("/m/l.safetensors").scale == 1.0
     with pytest.raises(InputError, match="scale"):
         parse_lora("/m/l.safetensors:strong")
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "lots"])
+def test_bad_token_chunk_is_refused_before_anything_loads(capsys, tmp_path, assets, value):
+    argv = _args(assets / "portrait.png", assets / "speech.wav", tmp_path / "o.mp4", "--token-chunk", value)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", *argv])
+    assert exit_info.value.code == 2
+    assert "--token-chunk" in capsys.readouterr().err

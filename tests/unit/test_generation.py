@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import av
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from pipeline.audio import decode_audio
 from pipeline.color import match_colors
 from pipeline.conditioning import load_image, portrait_tensor
 from pipeline.errors import InputError, SizeError
-from pipeline.pipeline import GenerationRequest, working_size
+from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline, working_size
 from pipeline.streaming import MOTION_FRAMES
 
 AAC_FRAME_SECONDS = 1024 / 16000
@@ -124,6 +126,23 @@ def test_guidance_batches_cond_and_negative_only_when_cfg_is_not_one(
         hook.remove()
     assert single == [1, 1]
     assert batches == [2, 2]
+
+
+@pytest.mark.slow
+def test_guidance_one_pass_at_a_time_gives_the_batched_result(tiny_components, portrait, speech):
+    request = _request(portrait, speech, width=256, height=256, frames=81, cfg=1.5)
+    batched = InfiniteTalkPipeline(tiny_components).generate(request)
+    sequential = dataclasses.replace(tiny_components, batch_guidance=False)
+    batches: list[int] = []
+    hook = sequential.transformer.register_forward_pre_hook(
+        lambda _m, _a, kwargs: batches.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
+    )
+    try:
+        one_at_a_time = InfiniteTalkPipeline(sequential).generate(request)
+    finally:
+        hook.remove()
+    assert batches == [1, 1, 1, 1]  # 2 steps × (prompt, negative prompt)
+    torch.testing.assert_close(one_at_a_time.chunk_latents[0], batched.chunk_latents[0], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import yaml
 from pydantic import ValidationError
 from tensor_bytes import stored_bytes
 
-from bench.gpu_sampler import pass_inputs
+from bench.dit_inputs import pass_inputs
 from pipeline.audio import decode_audio
 from pipeline.components import load_components
 from pipeline.conditioning import load_image
