@@ -81,8 +81,8 @@ def load_components(
 
     ``fp8`` quantises the DiT's block linears after loading (and after LoRAs are merged), see
     ``pipeline.quantization``. ``token_chunk``, ``vae_tiling`` and ``batch_guidance=False`` lower the
-    activation peak (the same DiT output; the tiled VAE blends tile seams): ``python -m
-    bench.activation_memory`` counts what each saves.
+    activation peak (the same DiT output; the tiled VAE blends tile seams); what each saves is counted by
+    ``python -m bench.activation_memory``.
     """
     preset = get_preset(preset_name)
     device = resolve_device(device)

@@ -6,8 +6,7 @@ whole-sequence pass keeps several 75 600 × 5120 tensors of them alive at once. 
 ``tokens`` at a time: self-attention fills Q, K and V slice by slice and then attends over the whole
 sequence once; cross-attention projects the text and image context once and then runs each query slice
 through attention and the output projection, since a query's result depends on nothing else. Same
-arithmetic per token as diffusers', so the same output; only
-``InfiniteTalkTransformer3DModel.set_token_chunk``
+arithmetic per token as diffusers', so the same output. ``InfiniteTalkTransformer3DModel.set_token_chunk``
 installs it.
 """
 
