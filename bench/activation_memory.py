@@ -4,9 +4,9 @@ machine in minutes and needs no weights.
 
 Per size: one denoising step's DiT work on an 81-frame chunk (cfg 1: one pass; other cfg values add the
 negative prompt, as one batch of 2 or, with ``model.batch_guidance: false``, one pass after the other),
-whole and token-chunked (``model.token_chunk``); the VAE's image condition (81 frames encoded),
-decode of one chunk and re-encode of the 9 motion frames, whole and spatially tiled (``model.vae_tiling``);
-umT5 on two 512-token prompts; CLIP on the portrait. A replica's peak is its weights
+whole and token-chunked (``model.token_chunk``); the VAE's image condition (81 frames encoded) and the end
+of a chunk (decode, colour match, re-encode of the 9 motion frames), whole and spatially tiled
+(``model.vae_tiling``); umT5 on two 512-token prompts; CLIP on the portrait. A replica's peak is its weights
 (``bench.weights_memory``) plus its largest stage, since the stages run one after another; the table says
 whether two replicas fit on one 80 GB GPU (``num_gpus: 0.5``) and on one 141 GB H200, keeping
 ``--reserve-gib`` per replica for what no tensor holds (CUDA context, library workspaces, allocator slack).
@@ -35,9 +35,9 @@ from pipeline.cli import parse_size
 from pipeline.conditioning.clip import ClipImageEncoder
 from pipeline.conditioning.vae import WanVAE
 from pipeline.models.transformer import InfiniteTalkTransformer3DModel
-from pipeline.pipeline import predict_velocity
+from pipeline.pipeline import decode_chunk, predict_velocity
 from pipeline.presets import Preset, get_preset
-from pipeline.streaming import CHUNK_FRAMES, MOTION_FRAMES
+from pipeline.streaming import CHUNK_FRAMES
 from pipeline.weights.dit import parameter_dtype
 
 DTYPE = torch.bfloat16
@@ -92,22 +92,22 @@ def counted_pass_gib(config: dict[str, Any], size: str, token_chunk: int | None)
         return peak_bytes(lambda: model(**inputs)) / GiB
 
 
-VAE_STAGES = ("image_condition", "decode_chunk", "encode_motion")
+VAE_STAGES = ("image_condition", "chunk_decode")
 
 
 def vae_stages_gib(
     vae: WanVAE, size: str, tiled: bool, stages: tuple[str, ...] = VAE_STAGES
 ) -> dict[str, float]:
-    """The VAE's three jobs in a generation: the portrait's 81-frame condition, a chunk's decode, the motion
-    frames' re-encode."""
+    """The VAE's two jobs in a generation: the portrait's 81-frame condition, and a chunk's end as the
+    pipeline runs it (``decode_chunk``: decode, colour match, re-encode of the 9 motion frames)."""
     width, height = parse_size(size)
     latents = (1, vae.latent_channels, 1 + (CHUNK_FRAMES - 1) // 4, height // 8, width // 8)
+    portrait = torch.empty(1, 3, height, width, dtype=DTYPE)
     calls = {
-        "image_condition": lambda: vae.image_condition(
-            torch.empty(1, 3, height, width, dtype=DTYPE), CHUNK_FRAMES
+        "image_condition": lambda: vae.image_condition(portrait, CHUNK_FRAMES),
+        "chunk_decode": lambda: decode_chunk(
+            vae, torch.empty(latents, dtype=DTYPE), portrait, 1.0, keep_from=0, next_chunk=True
         ),
-        "decode_chunk": lambda: vae.decode(torch.empty(latents, dtype=DTYPE)),
-        "encode_motion": lambda: vae.encode(torch.empty(1, 3, MOTION_FRAMES, height, width, dtype=DTYPE)),
     }
     if tiled:
         vae.enable_tiling()

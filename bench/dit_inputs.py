@@ -6,9 +6,11 @@ from typing import Any
 
 import torch
 
+from pipeline.models.transformer import TEXT_TOKENS
+
 SEED_SIZES = ("720x720", "1280x720", "480x832")
 CHUNK_LATENT_FRAMES = 21  # one 81-frame chunk
-TEXT_TOKENS, IMAGE_TOKENS = 512, 257
+IMAGE_TOKENS = 257  # CLIP ViT-H/14 at 224 px: 16×16 patches and the class token
 
 
 def pass_inputs(

@@ -1,9 +1,12 @@
 """Peak memory of a computation without running it: every op runs on fake tensors (shapes, dtypes, no data),
-and a dispatch mode counts the bytes of the storages its ops create while they are alive.
+and a dispatch mode counts the bytes of the storages the dispatched ops return, while they are alive.
 
-The count is what PyTorch allocates for tensors, rounded up to the CUDA caching allocator's 512-byte blocks;
-it leaves out what no tensor holds (the CUDA context, cuBLAS and attention workspaces, the allocator's
-fragmentation), which is why ``bench.gpu_sampler`` measures the real peak next to it on a GPU.
+The count is of tensors, rounded up to the CUDA caching allocator's 512-byte blocks. It leaves out what no
+returned tensor holds: the CUDA context, cuBLAS workspaces, the allocator's fragmentation, and whatever an op
+that reaches the dispatcher whole (scaled-dot-product attention, RMS and layer norm, linear) keeps inside its
+kernel. On a GPU those kernels are fused (flash/cuDNN attention keeps O(L) beside its output), but an unfused
+fallback is undercounted: the math attention backend's L×L scores are not in the count. Hence
+``bench.gpu_sampler`` measures the real peak next to the count on a GPU.
 
 ``torch.distributed._tools.mem_tracker.MemTracker`` does the same per module, but refuses a module called
 twice in one region, and the Wan VAE calls its decoder once per latent frame; this counts storages only.

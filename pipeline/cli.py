@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--token-chunk",
         type=positive_int,
-        help="run the DiT's token-wise work N tokens at a time: a lower activation peak, the same output",
+        help="run the DiT's token-wise work N tokens at a time: a lower activation peak, the same arithmetic",
     )
     gen.add_argument(
         "--vae-tiling", action="store_true", help="decode and encode video in spatial tiles (less memory)"

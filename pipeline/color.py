@@ -2,19 +2,31 @@
 
 Long videos are generated chunk by chunk from the previous chunk's last frames, so small colour shifts
 compound; pulling every chunk's per-channel LAB statistics back to the portrait's keeps them in check.
+
+The conversion runs in float64 on the video's own device, a few frames at a time: a whole 1280×720 chunk
+in float64 is 1.8 GiB per temporary, and the conversion makes several (``bench.activation_memory``).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+
 import torch
 
-_RGB_TO_XYZ = torch.tensor(
-    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
-    dtype=torch.float64,
+_RGB_TO_XYZ = (
+    (0.412453, 0.357580, 0.180423),
+    (0.212671, 0.715160, 0.072169),
+    (0.019334, 0.119193, 0.950227),
 )
-_WHITE_D65 = torch.tensor([0.950456, 1.0, 1.088754], dtype=torch.float64)
+_WHITE_D65 = (0.950456, 1.0, 1.088754)
 _EPSILON = 0.008856
 _KAPPA = 903.3
+FRAMES_PER_SLICE = 4
+
+
+def _constant(values: tuple, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64, device=like.device)
 
 
 def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
@@ -27,8 +39,8 @@ def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """``[..., 3]`` sRGB in [0, 1] → CIE LAB (D65)."""
-    xyz = _srgb_to_linear(rgb.double()) @ _RGB_TO_XYZ.T / _WHITE_D65
+    """``[..., 3]`` sRGB in [0, 1] → CIE LAB (D65), float64."""
+    xyz = _srgb_to_linear(rgb.double()) @ _constant(_RGB_TO_XYZ, rgb).T / _constant(_WHITE_D65, rgb)
     f = torch.where(xyz > _EPSILON, xyz ** (1 / 3), (_KAPPA * xyz + 16) / 116)
     lightness = 116 * f[..., 1] - 16
     a = 500 * (f[..., 0] - f[..., 1])
@@ -41,20 +53,61 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     fx = fy + lab[..., 1] / 500
     fz = fy - lab[..., 2] / 200
     f = torch.stack([fx, fy, fz], dim=-1)
-    xyz = torch.where(f**3 > _EPSILON, f**3, (116 * f - 16) / _KAPPA) * _WHITE_D65
-    return _linear_to_srgb(xyz @ torch.linalg.inv(_RGB_TO_XYZ).T).clamp(0, 1)
+    xyz = torch.where(f**3 > _EPSILON, f**3, (116 * f - 16) / _KAPPA) * _constant(_WHITE_D65, lab)
+    return _linear_to_srgb(xyz @ torch.linalg.inv(_constant(_RGB_TO_XYZ, lab)).T).clamp(0, 1)
+
+
+def _unit_frames(video: torch.Tensor) -> torch.Tensor:
+    """``[3, F, H, W]`` in [−1, 1] → ``[F, H, W, 3]`` in [0, 1]."""
+    return ((video.permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
+
+
+def _slices(frames: int) -> Iterator[slice]:
+    for start in range(0, frames, FRAMES_PER_SLICE):
+        yield slice(start, start + FRAMES_PER_SLICE)
+
+
+Moments = tuple[int, torch.Tensor, torch.Tensor]
+
+
+def _moments(video: torch.Tensor) -> Moments:
+    """Pixel count, per-channel LAB mean and sum of squared deviations of ``[3, F, H, W]``."""
+    lab = rgb_to_lab(_unit_frames(video)).reshape(-1, 3)
+    mean = lab.mean(0)
+    return lab.shape[0], mean, ((lab - mean) ** 2).sum(0)
+
+
+def _combine(first: Moments, second: Moments) -> Moments:
+    """The moments of two sets of pixels from each one's (Chan, Golub and LeVeque's pairwise update)."""
+    (count_a, mean_a, squares_a), (count_b, mean_b, squares_b) = first, second
+    count = count_a + count_b
+    delta = mean_b - mean_a
+    squares = squares_a + squares_b + delta**2 * count_a * count_b / count
+    return count, mean_a + delta * count_b / count, squares
+
+
+def lab_statistics(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel LAB mean and (unbiased) standard deviation over every pixel of ``[3, F, H, W]``, computed
+    a slice of frames at a time."""
+    if video.shape[1] == 0:
+        raise ValueError("a video needs at least one frame")
+    parts = (_moments(video[:, part]) for part in _slices(video.shape[1]))
+    count, mean, squares = functools.reduce(_combine, parts)
+    return mean, (squares / max(count - 1, 1)).sqrt()
 
 
 def match_colors(video: torch.Tensor, reference: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
     """Blend ``video`` ``[3, F, H, W]`` in [−1, 1] toward ``reference`` ``[3, H', W']``'s LAB statistics."""
     if strength <= 0:
         return video
-    frames = ((video.permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
-    lab = rgb_to_lab(frames)
-    ref_lab = rgb_to_lab(((reference.permute(1, 2, 0) + 1) / 2).clamp(0, 1)).reshape(-1, 3)
-    flat = lab.reshape(-1, 3)
-    mean, std = flat.mean(0), flat.std(0).clamp(min=1e-6)
-    matched = (lab - mean) / std * ref_lab.std(0) + ref_lab.mean(0)
-    corrected = lab_to_rgb(matched)
-    blended = (1 - strength) * frames.double() + strength * corrected
-    return (blended * 2 - 1).permute(3, 0, 1, 2).to(video.dtype)
+    reference_lab = rgb_to_lab(_unit_frames(reference.unsqueeze(1))).reshape(-1, 3)
+    target_mean, target_std = reference_lab.mean(0), reference_lab.std(0)
+    mean, std = lab_statistics(video)
+    std = std.clamp(min=1e-6)
+    out = torch.empty_like(video)
+    for part in _slices(video.shape[1]):
+        frames = _unit_frames(video[:, part])
+        corrected = lab_to_rgb((rgb_to_lab(frames) - mean) / std * target_std + target_mean)
+        blended = (1 - strength) * frames.double() + strength * corrected
+        out[:, part] = (blended * 2 - 1).permute(3, 0, 1, 2).to(video.dtype)
+    return out

@@ -12,6 +12,7 @@ from pipeline.audio import InfiniteTalkWav2Vec2
 from pipeline.conditioning import ClipImageEncoder, TextEncoder, WanVAE, build_tiny_tokenizer, load_tokenizer
 from pipeline.errors import InputError, WeightsError
 from pipeline.models import InfiniteTalkTransformer3DModel
+from pipeline.models.transformer import check_token_chunk
 from pipeline.presets import Fp8Mode, Preset, get_preset
 from pipeline.quantization import quantize_transformer
 from pipeline.weights import clip, dit, t5, vae, wav2vec2
@@ -88,6 +89,7 @@ def load_components(
     device = resolve_device(device)
     dtype = dtype or default_dtype(device)
     fp8 = Fp8Mode(fp8)
+    _check_token_chunk(token_chunk)  # both before minutes of loading
     if preset.needs_weights:
         if weights_dir is None:
             raise WeightsError(f"preset {preset.name!r} needs a weights directory (--weights DIR)")
@@ -98,19 +100,47 @@ def load_components(
         if loras:
             raise InputError(f"preset {preset.name!r} uses random weights; LoRAs apply to real weights only")
         components = _build(preset, device, dtype, with_audio_encoder)
+    return apply_options(
+        components,
+        fp8=fp8,
+        token_chunk=token_chunk,
+        vae_tiling=vae_tiling,
+        batch_guidance=batch_guidance,
+    )
+
+
+def apply_options(
+    components: Components,
+    *,
+    fp8: Fp8Mode | str = Fp8Mode.OFF,
+    token_chunk: int | None = None,
+    vae_tiling: bool = False,
+    batch_guidance: bool = True,
+) -> Components:
+    """How loaded models run (``load_components`` explains each option), recorded in ``identities``."""
+    fp8 = Fp8Mode(fp8)
+    _check_token_chunk(token_chunk)
+    components.transformer.set_token_chunk(token_chunk)
     quantize_transformer(components.transformer, fp8)
-    components.identities["fp8"] = fp8.value
-    try:
-        components.transformer.set_token_chunk(token_chunk)
-    except ValueError as error:
-        raise InputError(str(error)) from None
     if vae_tiling:
         components.vae.enable_tiling()
-    components.identities["token_chunk"] = str(token_chunk or "off")
-    components.identities["vae_tiling"] = "on" if vae_tiling else "off"
+    else:
+        components.vae.disable_tiling()
     components.batch_guidance = batch_guidance
-    components.identities["guidance"] = "batched" if batch_guidance else "one pass at a time"
+    components.identities |= {
+        "fp8": fp8.value,
+        "token_chunk": str(token_chunk or "off"),
+        "vae_tiling": "on" if vae_tiling else "off",
+        "guidance": "batched when cfg ≠ 1" if batch_guidance else "one pass at a time when cfg ≠ 1",
+    }
     return components
+
+
+def _check_token_chunk(tokens: int | None) -> None:
+    try:
+        check_token_chunk(tokens)
+    except ValueError as error:
+        raise InputError(str(error)) from None
 
 
 def random_components(

@@ -24,6 +24,7 @@ from pipeline.audio import (
 from pipeline.color import match_colors
 from pipeline.components import Components
 from pipeline.conditioning import portrait_tensor
+from pipeline.conditioning.vae import WanVAE
 from pipeline.errors import CancelledError, InputError, SizeError
 from pipeline.models.transformer import InfiniteTalkTransformer3DModel
 from pipeline.presets import NEGATIVE_PROMPT
@@ -93,6 +94,28 @@ def predict_velocity(
     return torch.cat(
         [transformer(**{name: value[i : i + 1] for name, value in inputs.items()}) for i in range(batch)]
     )
+
+
+def decode_chunk(
+    vae: WanVAE,
+    latent: torch.Tensor,
+    portrait: torch.Tensor,
+    color_correction: float,
+    *,
+    keep_from: int,
+    next_chunk: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A chunk's latents → its colour-matched frames from ``keep_from`` on (on the host) and, when another
+    chunk follows, the latents of its last 9 frames, which that chunk starts from. The decoded chunk is let
+    go before the re-encode, so the two never hold the GPU together."""
+    decoded = vae.decode(latent.to(vae.dtype))[0].float()
+    decoded = match_colors(decoded, portrait[0].float(), color_correction)
+    piece = decoded[:, keep_from:].cpu()
+    if not next_chunk:
+        return piece, None
+    motion = decoded[:, -MOTION_FRAMES:].unsqueeze(0).to(vae.dtype)
+    del decoded
+    return piece, vae.encode(motion)
 
 
 class StageTimer:
@@ -262,12 +285,17 @@ class InfiniteTalkPipeline:
                     tracker.done(Work.STEP, chunk.index, step + 1)
             chunk_latents.append(latent.float().cpu())
             with timer("vae_decode"):
-                decoded = parts.vae.decode(latent.to(parts.vae_dtype))[0].float()
-                decoded = match_colors(decoded, portrait[0].float(), request.color_correction)
-                pieces.append(decoded[:, chunk.keep_from :].cpu())
-                if chunk.index + 1 < len(chunks):
-                    motion = decoded[:, -MOTION_FRAMES:].unsqueeze(0).to(parts.vae_dtype)
-                    clean = parts.vae.encode(motion).to(self.dtype)
+                piece, motion_latents = decode_chunk(
+                    parts.vae,
+                    latent,
+                    portrait,
+                    request.color_correction,
+                    keep_from=chunk.keep_from,
+                    next_chunk=chunk.index + 1 < len(chunks),
+                )
+                pieces.append(piece)
+                if motion_latents is not None:
+                    clean = motion_latents.to(self.dtype)
             tracker.done(Work.DECODE, chunk.index)
 
         video = torch.cat(pieces, dim=1)[:, : request.frames]

@@ -1,13 +1,13 @@
 """diffusers' Wan attention with its token-wise work done a slice of tokens at a time (activation memory).
 
 In ``WanAttnProcessor`` everything but the attention itself is a function of one token: the Q/K/V
-projections, the q/k RMS norms across heads (fp32 temporaries), RoPE, the output projection. At 1280×720 a
+projections, the q/k RMS norms across heads, RoPE (in fp32), the output projection. At 1280×720 a
 whole-sequence pass keeps several 75 600 × 5120 tensors of them alive at once. This processor computes them
 ``tokens`` at a time: self-attention fills Q, K and V slice by slice and then attends over the whole
 sequence once; cross-attention projects the text and image context once and then runs each query slice
 through attention and the output projection, since a query's result depends on nothing else. Same
-arithmetic per token as diffusers', so the same output. ``InfiniteTalkTransformer3DModel.set_token_chunk``
-installs it.
+arithmetic per token as diffusers', so the same output up to float rounding (GEMMs of other shapes may round
+differently). ``InfiniteTalkTransformer3DModel.set_token_chunk`` installs it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from diffusers.models.transformers.transformer_wan import (
 # diffusers' Wan attention assumes the text context is the last 512 tokens (the image's 257 come first).
 TEXT_TOKENS = 512
 
-Slice = Callable[..., torch.Tensor]
+TokenFunction = Callable[..., torch.Tensor]
 
 
 def apply_rotary(hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,7 @@ def apply_rotary(hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     return out.type_as(hidden_states)
 
 
-def map_slices(function: Slice, tokens: int, *sequences: torch.Tensor) -> torch.Tensor:
+def map_slices(function: TokenFunction, tokens: int, *sequences: torch.Tensor) -> torch.Tensor:
     """``function(*sequences)`` for a function of each token alone (dim 1), ``tokens`` tokens at a time,
     written into one output: only a slice's temporaries are ever alive."""
     length = sequences[0].shape[1]

@@ -22,9 +22,12 @@ from diffusers.models.transformers.transformer_wan import (
 
 from pipeline.models.audio_adapter import AudioProjModel
 from pipeline.models.audio_attention import AudioCrossAttention
-from pipeline.models.chunked_attention import TokenChunkedWanAttnProcessor, map_slices
+from pipeline.models.chunked_attention import TEXT_TOKENS, TokenChunkedWanAttnProcessor, map_slices
 
-TEXT_TOKENS = 512
+
+def check_token_chunk(tokens: object) -> None:
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        raise ValueError(f"token chunk must be a positive integer or None, got {tokens!r}")
 
 
 class InfiniteTalkTransformerBlock(WanTransformerBlock):
@@ -189,10 +192,9 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
         """Run every block's token-wise work ``tokens`` tokens at a time (None: all at once).
 
         Lowers the activation peak of a pass (``python -m bench.activation_memory``) for a few more, smaller
-        kernel launches; the output is the same.
+        kernel launches; the output is the same up to float rounding.
         """
-        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
-            raise ValueError(f"token chunk must be a positive integer or None, got {tokens!r}")
+        check_token_chunk(tokens)
         for block in self.blocks:
             block.token_chunk = tokens
             for attention in (block.attn1, block.attn2):

@@ -24,7 +24,7 @@ def test_tiny_run_writes_every_stage_and_replica_row(tmp_path, capsys):
         assert all(peak["whole"] > 0 and peak["token_chunked"] > 0 for peak in dit.values())
         batched, one_at_a_time = dit["cfg ≠ 1, batched"]["whole"], dit["cfg ≠ 1, one at a time"]["whole"]
         assert batched > one_at_a_time > dit["cfg 1"]["whole"]
-        assert set(stages["vae_gib"]["whole"]) == {"image_condition", "decode_chunk", "encode_motion"}
+        assert set(stages["vae_gib"]["whole"]) == {"image_condition", "chunk_decode"}
         # Below diffusers' 256-pixel tile the tiled VAE runs the same whole-frame code.
         assert stages["vae_gib"]["tiled"] == stages["vae_gib"]["whole"]
     assert len(figures["replicas"]) == 2 * 2 * 2  # guidance × plan × weights format
@@ -35,14 +35,14 @@ def test_tiny_run_writes_every_stage_and_replica_row(tmp_path, capsys):
     assert "DiT step, cfg ≠ 1, batched" in out and "2 per 80 GB" in out
 
 
-def test_tiling_cuts_the_14b_vae_decode_peak_at_480x832():
+def test_tiling_cuts_the_14b_chunk_decode_peak_at_480x832():
     with fake_tensors():
         with default_dtype(DTYPE):
             vae = WanVAE(AutoencoderKLWan(**INFINITETALK_14B.vae)).eval()
-        # Only the decode: the tiled encodes take a minute under fake tensors on 2 cores.
-        whole = vae_stages_gib(vae, "480x832", tiled=False, stages=("decode_chunk",))["decode_chunk"]
-        tiled = vae_stages_gib(vae, "480x832", tiled=True, stages=("decode_chunk",))["decode_chunk"]
+        # Only the chunk's end: the tiled image condition takes a minute under fake tensors on 2 cores.
+        whole = vae_stages_gib(vae, "480x832", tiled=False, stages=("chunk_decode",))["chunk_decode"]
+        tiled = vae_stages_gib(vae, "480x832", tiled=True, stages=("chunk_decode",))["chunk_decode"]
     assert not vae.model.use_tiling  # left as it was found
-    # Counted: 3.96 GiB whole, 0.90 GiB in diffusers' 256-pixel tiles (bench.activation_memory).
+    # Counted: 3.96 GiB whole (the decode), 1.12 GiB tiled (then the colour match of the decoded chunk peaks).
     assert 3.5 < whole < 4.5
-    assert tiled < 0.3 * whole
+    assert tiled < 0.35 * whole

@@ -87,3 +87,16 @@ def test_vae_layouts_apply_and_are_undone() -> None:
     with vae_layout(vae, "tiled"):
         assert vae.model.use_tiling
     assert conv.weight.is_contiguous() and not vae.model.use_tiling
+
+
+def test_a_lean_job_with_guidance_runs_end_to_end_on_its_options(tmp_path) -> None:
+    argv = ["--preset", "tiny", "--device", "cpu", "--skip-passes", "--skip-vae", "--job-lean"]
+    job = ["--job-size", "128x128", "--job-frames", "81", "--job-cfg", "1.5", "--results", str(tmp_path)]
+    assert main([*argv, *job]) == 0
+    (path,) = tmp_path.glob("gpu_sampler-*.json")
+    figures = json.loads(path.read_text())["figures"]["job"]
+    assert figures["job"] == {"size": "128x128", "frames": 81, "cfg": 1.5}
+    assert figures["options"]["fp8"] == "weights" and figures["options"]["token_chunk"] == "4096"
+    assert figures["options"]["vae_tiling"] == "on"
+    assert figures["options"]["guidance"] == "one pass at a time when cfg ≠ 1"
+    assert figures["seconds"] > 0 and "over_dit_limit" not in figures  # the DiT limit is the seed job's
