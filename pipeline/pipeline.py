@@ -243,7 +243,7 @@ class InfiniteTalkPipeline:
         batch = len(prompts)
         clip_batch = clip_tokens.expand(batch, -1, -1)
         y_batch = y.expand(batch, -1, -1, -1, -1)
-        sigmas = flow_matching_sigmas(request.steps, request.shift).tolist()
+        sigmas = flow_matching_sigmas(request.steps, request.shift)
         generator = torch.Generator("cpu").manual_seed(request.seed % 2**63)
         latent_shape = (
             1,

@@ -13,15 +13,17 @@ from pipeline.errors import InputError
 _T_MIN = 0.001
 
 
-def flow_matching_sigmas(steps: int, shift: float) -> torch.Tensor:
-    """``steps + 1`` noise levels from 1 down to 0: ``linspace(1, 0.001, N)`` shifted, then 0 appended."""
+def flow_matching_sigmas(steps: int, shift: float) -> list[float]:
+    """``steps + 1`` noise levels from 1 down to 0: ``linspace(1, 0.001, N)`` shifted, then 0 appended.
+
+    Host-side floats (float64): each step hands them to the model as scalars, so no tensor is involved.
+    """
     if steps < 1:
         raise InputError(f"steps must be at least 1, got {steps}")
     if shift <= 0:
         raise InputError(f"shift must be positive, got {shift}")
-    t = torch.linspace(1.0, _T_MIN, steps, dtype=torch.float64)
-    shifted = shift * t / (1.0 + (shift - 1.0) * t)
-    return torch.cat([shifted, torch.zeros(1, dtype=torch.float64)])
+    ts = [1.0 + (_T_MIN - 1.0) * i / (steps - 1) for i in range(steps)] if steps > 1 else [1.0]
+    return [shift * t / (1.0 + (shift - 1.0) * t) for t in ts] + [0.0]
 
 
 def model_timestep(sigma: float) -> float:

@@ -128,11 +128,12 @@ class TextEncoder:
             max_length=self.max_tokens,
             add_special_tokens=True,
             return_attention_mask=True,
-            return_tensors="pt",
         )
+        # Lengths from the tokenizer's own lists: reading them back from the device would wait for it.
+        lengths = [sum(row) for row in batch["attention_mask"]]
         device = self.device
-        mask = batch["attention_mask"].to(device)
-        hidden = self.model(input_ids=batch["input_ids"].to(device), attention_mask=mask).last_hidden_state
-        lengths = mask.sum(dim=1).tolist()
+        ids = torch.tensor(batch["input_ids"], device=device)
+        mask = torch.tensor(batch["attention_mask"], device=device)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         # clone(): a slice would keep the whole padded batch alive in the cache.
         return [states[:length].clone() for states, length in zip(hidden, lengths, strict=True)]

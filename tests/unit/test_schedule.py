@@ -10,19 +10,19 @@ from pipeline.schedule import apply_guidance, euler_step, flow_matching_sigmas, 
 def test_seven_steps_shift_eleven_matches_model_md_example():
     sigmas = flow_matching_sigmas(7, 11.0)
     expected = [1.0, 0.982, 0.957, 0.917, 0.847, 0.689, 0.011, 0.0]
-    assert sigmas.shape == (8,)
-    assert torch.allclose(sigmas, torch.tensor(expected, dtype=torch.float64), atol=5e-4)
+    assert sigmas == pytest.approx(expected, abs=5e-4)
 
 
 def test_schedule_is_monotone_and_ends_at_zero():
     sigmas = flow_matching_sigmas(20, 7.0)
     assert sigmas[0] == 1.0 and sigmas[-1] == 0.0
-    assert bool((sigmas[1:] < sigmas[:-1]).all())
+    assert all(later < earlier for earlier, later in pairwise(sigmas))
 
 
 def test_shift_one_is_plain_linspace():
     sigmas = flow_matching_sigmas(4, 1.0)
-    assert torch.allclose(sigmas[:-1], torch.linspace(1, 0.001, 4, dtype=torch.float64))
+    assert sigmas[:-1] == pytest.approx(torch.linspace(1, 0.001, 4, dtype=torch.float64).tolist(), abs=1e-15)
+    assert flow_matching_sigmas(1, 11.0) == [1.0, 0.0]
 
 
 @pytest.mark.parametrize(("steps", "shift"), [(0, 11.0), (7, 0.0), (7, -1.0)])
@@ -34,7 +34,7 @@ def test_bad_schedule_arguments_raise(steps, shift):
 def test_euler_recovers_clean_sample_with_exact_velocity():
     x0 = torch.randn(2, 3)
     noise = torch.randn(2, 3)
-    sigmas = flow_matching_sigmas(7, 11.0).tolist()
+    sigmas = flow_matching_sigmas(7, 11.0)
     latent = noise.clone()
     for sigma, sigma_next in pairwise(sigmas):
         latent = euler_step(latent, noise - x0, sigma, sigma_next)
