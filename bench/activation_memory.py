@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan
+from diffusers.models.attention_dispatch import attention_backend
 from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
 from bench.dit_inputs import SEED_SIZES, pass_inputs
@@ -58,6 +59,9 @@ def fake_transformer(config: dict[str, Any]) -> InfiniteTalkTransformer3DModel:
     return model.eval()
 
 
+# PyTorch's SDPA, which picks a fused kernel (flash or cuDNN on a GPU, flash on the CPU): O(L) memory beside
+# its output. Counting with whatever backend happens to be active could count a math fallback's L×L scores.
+COUNTED_BACKEND = "native"
 # cfg 1 runs the prompt alone; other values add the negative prompt, batched or one pass after the other.
 GUIDANCE = {"cfg 1": (1, True), "cfg ≠ 1, batched": (2, True), "cfg ≠ 1, one at a time": (2, False)}
 
@@ -69,16 +73,14 @@ def dit_pass_gib(
     noisy latent ‖ y, text, CLIP tokens, audio windows)."""
     batch, batched = GUIDANCE[guidance]
     config = dict(model.config)
+
+    def step() -> torch.Tensor:
+        return predict_velocity(model, batched, **pass_inputs(config, *parse_size(size), "cpu", DTYPE, batch))
+
     model.set_token_chunk(token_chunk)
     try:
-        return (
-            peak_bytes(
-                lambda: predict_velocity(
-                    model, batched, **pass_inputs(config, *parse_size(size), "cpu", DTYPE, batch)
-                )
-            )
-            / GiB
-        )
+        with attention_backend(COUNTED_BACKEND):
+            return peak_bytes(step) / GiB
     finally:
         model.set_token_chunk(None)
 
@@ -89,7 +91,8 @@ def counted_pass_gib(config: dict[str, Any], size: str, token_chunk: int | None)
         model = fake_transformer(config)
         model.set_token_chunk(token_chunk)
         inputs = pass_inputs(config, *parse_size(size), "cpu", DTYPE)
-        return peak_bytes(lambda: model(**inputs)) / GiB
+        with attention_backend(COUNTED_BACKEND):
+            return peak_bytes(lambda: model(**inputs)) / GiB
 
 
 VAE_STAGES = ("image_condition", "chunk_decode")

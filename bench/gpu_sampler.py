@@ -9,7 +9,7 @@ device under ``torch.utils.flop_counter.FlopCounterMode`` (no memory needed), an
 next to MODEL.md's figure. ``--token-chunk``, ``--fuse-qkv``, ``--compile`` and ``--fp8`` add rows for the
 same model token-chunked, with fused projections, compiled, quantised (cumulative, in that order), each with
 how far its output moved; ``bench.activation_memory`` counts the peak each should have, for comparison.
-The VAE decode is timed whole, spatially tiled and with channels-last weights.
+The VAE decode is timed whole, spatially tiled, with channels-last weights and in fp32.
 
     python -m bench.gpu_sampler                                  # on a GPU: all sizes, every backend
     python -m bench.gpu_sampler --preset tiny --device cpu --sizes 64x64 --passes 1 --skip-job  # smoke
@@ -212,7 +212,7 @@ def _pass_line(row: dict[str, Any]) -> str:
     )
 
 
-VAE_LAYOUTS = ("whole", "tiled", "channels-last")
+VAE_LAYOUTS = ("whole", "tiled", "channels-last", "fp32")
 
 
 def _conv3d_weights_to(vae: WanVAE, memory_format: torch.memory_format) -> None:
@@ -225,16 +225,21 @@ def _conv3d_weights_to(vae: WanVAE, memory_format: torch.memory_format) -> None:
 @contextmanager
 def vae_layout(vae: WanVAE, how: str) -> Iterator[None]:
     """``tiled``: diffusers' spatial tiling; ``channels-last``: the 3-D conv weights in channels_last_3d (the
-    layout cuDNN's 3-D convolutions may prefer); the VAE is left as it was found."""
+    layout cuDNN's 3-D convolutions may prefer); ``fp32``: the VAE in float32, as the reference decodes (the
+    pipeline runs it in the model's dtype, bf16 on a GPU). The VAE is left as it was found."""
+    dtype = vae.dtype
     if how == "tiled":
         vae.enable_tiling()
     elif how == "channels-last":
         _conv3d_weights_to(vae, torch.channels_last_3d)
+    elif how == "fp32":
+        vae.model.float()
     try:
         yield
     finally:
         vae.disable_tiling()
         _conv3d_weights_to(vae, torch.contiguous_format)
+        vae.model.to(dtype)
 
 
 def bench_vae_decode(vae: WanVAE, size: str, device: torch.device, repeats: int) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ projections, the q/k RMS norms across heads, RoPE (in fp32), the output projecti
 whole-sequence pass keeps several 75 600 × 5120 tensors of them alive at once. This processor computes them
 ``tokens`` at a time: self-attention fills Q, K and V slice by slice and then attends over the whole
 sequence once; cross-attention projects the text and image context once and then runs each query slice
-through attention and the output projection, since a query's result depends on nothing else. Same
+through attention and the output projection, since a query's result depends on nothing else. The block's
+norm and modulation in front of the attention come in as ``prepare`` and run per slice too. Same
 arithmetic per token as diffusers', so the same output up to float rounding (GEMMs of other shapes may round
 differently). ``InfiniteTalkTransformer3DModel.set_token_chunk`` installs it.
 """
@@ -55,6 +56,10 @@ def map_slices(function: TokenFunction, tokens: int, *sequences: torch.Tensor) -
     return output
 
 
+def _unchanged(part: torch.Tensor) -> torch.Tensor:
+    return part
+
+
 class TokenChunkedWanAttnProcessor:
     """A drop-in processor for ``WanAttention`` (self- and image/text cross-attention, fused or not)."""
 
@@ -71,12 +76,16 @@ class TokenChunkedWanAttnProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        prepare: TokenFunction | None = None,
     ) -> torch.Tensor:
+        """``prepare``, a function of each token alone (the block's norm and modulation), is applied to each
+        slice of ``hidden_states`` first, so its output never exists for the whole sequence."""
         if attention_mask is not None:
             raise ValueError("the token-chunked Wan attention takes no attention mask")
+        prepare = prepare or _unchanged
         if encoder_hidden_states is None:
-            return self._self_attention(attn, hidden_states, rotary_emb)
-        return self._cross_attention(attn, hidden_states, encoder_hidden_states)
+            return self._self_attention(attn, hidden_states, rotary_emb, prepare)
+        return self._cross_attention(attn, hidden_states, encoder_hidden_states, prepare)
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         out = dispatch_attention_fn(
@@ -89,13 +98,14 @@ class TokenChunkedWanAttnProcessor:
         attn: WanAttention,
         hidden_states: torch.Tensor,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
+        prepare: TokenFunction,
     ) -> torch.Tensor:
         if rotary_emb is None:
             raise ValueError("Wan self-attention needs its rotary embedding")
         cos, sin = rotary_emb
 
         def project(part: torch.Tensor, part_cos: torch.Tensor, part_sin: torch.Tensor) -> torch.Tensor:
-            query, key, value = _get_qkv_projections(attn, part, None)
+            query, key, value = _get_qkv_projections(attn, prepare(part), None)
             query = apply_rotary(attn.norm_q(query).unflatten(2, (attn.heads, -1)), part_cos, part_sin)
             key = apply_rotary(attn.norm_k(key).unflatten(2, (attn.heads, -1)), part_cos, part_sin)
             return torch.stack([query, key, value.unflatten(2, (attn.heads, -1))], dim=2)
@@ -106,7 +116,7 @@ class TokenChunkedWanAttnProcessor:
         return map_slices(lambda part: attn.to_out[1](attn.to_out[0](part)), self.tokens, out)
 
     def _cross_attention(
-        self, attn: WanAttention, hidden_states: torch.Tensor, context: torch.Tensor
+        self, attn: WanAttention, hidden_states: torch.Tensor, context: torch.Tensor, prepare: TokenFunction
     ) -> torch.Tensor:
         image_context: torch.Tensor | None = None
         if attn.add_k_proj is not None:
@@ -126,7 +136,7 @@ class TokenChunkedWanAttnProcessor:
             )
 
         def attend(part: torch.Tensor) -> torch.Tensor:
-            query = attn.norm_q(attn.to_q(part)).unflatten(2, (attn.heads, -1))
+            query = attn.norm_q(attn.to_q(prepare(part))).unflatten(2, (attn.heads, -1))
             out = self._attend(query, key, value)
             if image_kv is not None:
                 out = out + self._attend(query, *image_kv)

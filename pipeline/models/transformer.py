@@ -77,18 +77,48 @@ class InfiniteTalkTransformerBlock(WanTransformerBlock):
             norm_x = (self.norm3(x.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(x)
             return (x.float() + self.ffn(norm_x).float() * c_gate_msa).type_as(x)
 
-        attn_output = self.attn1(self._tokenwise(self_attention_input, hidden_states), None, None, rotary_emb)
+        attn_output = self._attention(self.attn1, self_attention_input, hidden_states, None, rotary_emb)
         hidden_states = self._tokenwise(gated_residual, hidden_states, attn_output)
         del attn_output
-        attn_output = self.attn2(
-            self._tokenwise(cross_attention_input, hidden_states), encoder_hidden_states, None, None
+        attn_output = self._attention(
+            self.attn2, cross_attention_input, hidden_states, encoder_hidden_states, None
         )
         hidden_states = hidden_states + attn_output
         del attn_output
-        hidden_states = hidden_states + self.audio_cross_attn(
-            self._tokenwise(self.norm_x, hidden_states), audio_tokens
-        )
+        hidden_states = self._audio_residual(hidden_states, audio_tokens)
         return self._tokenwise(feed_forward, hidden_states)
+
+    def _audio_residual(self, hidden_states: torch.Tensor, audio_tokens: torch.Tensor) -> torch.Tensor:
+        """``x + audio_cross_attn(norm_x(x))``; chunked, whole latent frames at a time (each frame's tokens
+        attend to that frame's audio tokens only, so frames are independent)."""
+
+        def residual(x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+            return x + self.audio_cross_attn(self.norm_x(x), audio)
+
+        if self.token_chunk is None:
+            return residual(hidden_states, audio_tokens)
+        frames = audio_tokens.shape[1]
+        per_frame = hidden_states.shape[1] // frames
+
+        def frame_residual(x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:  # x: [B, f, S, d]
+            return residual(x.flatten(1, 2), audio).unflatten(1, (-1, per_frame))
+
+        by_frame = hidden_states.unflatten(1, (frames, per_frame))
+        frames_per_slice = max(1, self.token_chunk // per_frame)
+        return map_slices(frame_residual, frames_per_slice, by_frame, audio_tokens).flatten(1, 2)
+
+    def _attention(
+        self,
+        attention: torch.nn.Module,
+        prepare: Callable[[torch.Tensor], torch.Tensor],
+        hidden_states: torch.Tensor,
+        context: torch.Tensor | None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """``attention(prepare(hidden_states), ...)``; chunked, the processor prepares each slice itself."""
+        if self.token_chunk is None:
+            return attention(prepare(hidden_states), context, None, rotary_emb)
+        return attention(hidden_states, context, None, rotary_emb, prepare=prepare)
 
     def _tokenwise(self, function: Callable[..., torch.Tensor], *sequences: torch.Tensor) -> torch.Tensor:
         """``function(*sequences)``, a function of each token alone, ``token_chunk`` tokens at a time."""

@@ -36,8 +36,9 @@ def test_cpu_smoke_run_writes_a_result(tmp_path, capsys) -> None:
     assert "error" in xformers or xformers["seconds_per_pass"] > 0  # skipped with a reason where absent
     assert fp8["variant"] == "fp8 weights" and fp8["seconds_per_pass"] > 0
     assert 0 < fp8["relative_difference"] < 0.05  # quantised, and still close to the unquantised pass
-    whole, tiled, channels_last = figures["vae_decode"]
-    assert [whole["how"], tiled["how"], channels_last["how"]] == ["whole", "tiled", "channels-last"]
+    whole, tiled, channels_last, fp32 = figures["vae_decode"]
+    assert [row["how"] for row in figures["vae_decode"]] == ["whole", "tiled", "channels-last", "fp32"]
+    assert fp32["max_abs_difference"] == 0  # the CPU run is fp32 already
     assert whole["seconds_per_chunk"] > 0 and whole["max_abs_difference"] == 0
     assert tiled["max_abs_difference"] == 0  # 64x64 is below diffusers' tile size: the same decode
     assert channels_last["max_abs_difference"] < 1e-5  # a layout, not a different computation
@@ -86,6 +87,10 @@ def test_vae_layouts_apply_and_are_undone() -> None:
         assert not conv.weight.is_contiguous()
     with vae_layout(vae, "tiled"):
         assert vae.model.use_tiling
+    vae.model.to(torch.bfloat16)
+    with vae_layout(vae, "fp32"):
+        assert vae.dtype == torch.float32
+    assert vae.dtype == torch.bfloat16
     assert conv.weight.is_contiguous() and not vae.model.use_tiling
 
 
