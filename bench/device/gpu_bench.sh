@@ -7,7 +7,7 @@
 #   variants 720x720 native attention, then token-chunked, + fused QKV, + compiled blocks, + fp8 dynamic
 #   job      the seed's default job end to end (720x720, 125 frames, 7 steps)
 #   lean     the worst case of the two-replicas-per-80GB plan: 1280x720 with guidance, fp8 weights, token
-#            chunk 4096, tiled VAE, guidance one pass at a time; its peak should stay under 34.4 GiB + wav2vec2
+#            chunk 4096, tiled VAE, guidance one pass at a time; its peak should stay under 33.7 GiB + wav2vec2
 # Arguments after the phase go to bench.gpu_sampler and win over the phase's own (argparse keeps the last):
 #   OUT=/tmp/smoke bash bench/device/gpu_bench.sh passes --preset tiny --device cpu --sizes 64x64
 set -euo pipefail
