@@ -25,10 +25,6 @@ _KAPPA = 903.3
 FRAMES_PER_SLICE = 4
 
 
-def _constant(values: tuple, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64, device=like.device)
-
-
 def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
     return torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
 
@@ -38,23 +34,41 @@ def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
     return torch.where(c > 0.0031308, 1.055 * c ** (1 / 2.4) - 0.055, 12.92 * c)
 
 
+class LabConversion:
+    """sRGB ↔ CIE LAB (D65) in float64 on one device; its constants are copied there once, not per call."""
+
+    def __init__(self, device: torch.device) -> None:
+        to_xyz = torch.tensor(_RGB_TO_XYZ, dtype=torch.float64)
+        self.to_xyz = to_xyz.T.to(device)
+        self.from_xyz = torch.linalg.inv(to_xyz).T.to(device)  # inverted on the host: no device sync
+        self.white = torch.tensor(_WHITE_D65, dtype=torch.float64).to(device)
+
+    def to_lab(self, rgb: torch.Tensor) -> torch.Tensor:
+        """``[..., 3]`` sRGB in [0, 1] → LAB."""
+        xyz = _srgb_to_linear(rgb.double()) @ self.to_xyz / self.white
+        f = torch.where(xyz > _EPSILON, xyz ** (1 / 3), (_KAPPA * xyz + 16) / 116)
+        lightness = 116 * f[..., 1] - 16
+        a = 500 * (f[..., 0] - f[..., 1])
+        b = 200 * (f[..., 1] - f[..., 2])
+        return torch.stack([lightness, a, b], dim=-1)
+
+    def to_rgb(self, lab: torch.Tensor) -> torch.Tensor:
+        """``[..., 3]`` LAB → sRGB in [0, 1]."""
+        fy = (lab[..., 0] + 16) / 116
+        fx = fy + lab[..., 1] / 500
+        fz = fy - lab[..., 2] / 200
+        f = torch.stack([fx, fy, fz], dim=-1)
+        xyz = torch.where(f**3 > _EPSILON, f**3, (116 * f - 16) / _KAPPA) * self.white
+        return _linear_to_srgb(xyz @ self.from_xyz).clamp(0, 1)
+
+
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """``[..., 3]`` sRGB in [0, 1] → CIE LAB (D65), float64."""
-    xyz = _srgb_to_linear(rgb.double()) @ _constant(_RGB_TO_XYZ, rgb).T / _constant(_WHITE_D65, rgb)
-    f = torch.where(xyz > _EPSILON, xyz ** (1 / 3), (_KAPPA * xyz + 16) / 116)
-    lightness = 116 * f[..., 1] - 16
-    a = 500 * (f[..., 0] - f[..., 1])
-    b = 200 * (f[..., 1] - f[..., 2])
-    return torch.stack([lightness, a, b], dim=-1)
+    return LabConversion(rgb.device).to_lab(rgb)
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    fy = (lab[..., 0] + 16) / 116
-    fx = fy + lab[..., 1] / 500
-    fz = fy - lab[..., 2] / 200
-    f = torch.stack([fx, fy, fz], dim=-1)
-    xyz = torch.where(f**3 > _EPSILON, f**3, (116 * f - 16) / _KAPPA) * _constant(_WHITE_D65, lab)
-    return _linear_to_srgb(xyz @ torch.linalg.inv(_constant(_RGB_TO_XYZ, lab)).T).clamp(0, 1)
+    return LabConversion(lab.device).to_rgb(lab)
 
 
 def _unit_frames(video: torch.Tensor) -> torch.Tensor:
@@ -70,9 +84,9 @@ def _slices(frames: int) -> Iterator[slice]:
 Moments = tuple[int, torch.Tensor, torch.Tensor]
 
 
-def _moments(video: torch.Tensor) -> Moments:
+def _moments(video: torch.Tensor, lab_conversion: LabConversion) -> Moments:
     """Pixel count, per-channel LAB mean and sum of squared deviations of ``[3, F, H, W]``."""
-    lab = rgb_to_lab(_unit_frames(video)).reshape(-1, 3)
+    lab = lab_conversion.to_lab(_unit_frames(video)).reshape(-1, 3)
     mean = lab.mean(0)
     return lab.shape[0], mean, ((lab - mean) ** 2).sum(0)
 
@@ -86,12 +100,15 @@ def _combine(first: Moments, second: Moments) -> Moments:
     return count, mean_a + delta * count_b / count, squares
 
 
-def lab_statistics(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lab_statistics(
+    video: torch.Tensor, lab_conversion: LabConversion | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel LAB mean and (unbiased) standard deviation over every pixel of ``[3, F, H, W]``, computed
     a slice of frames at a time."""
     if video.shape[1] == 0:
         raise ValueError("a video needs at least one frame")
-    parts = (_moments(video[:, part]) for part in _slices(video.shape[1]))
+    lab_conversion = lab_conversion or LabConversion(video.device)
+    parts = (_moments(video[:, part], lab_conversion) for part in _slices(video.shape[1]))
     count, mean, squares = functools.reduce(_combine, parts)
     return mean, (squares / max(count - 1, 1)).sqrt()
 
@@ -100,14 +117,15 @@ def match_colors(video: torch.Tensor, reference: torch.Tensor, strength: float =
     """Blend ``video`` ``[3, F, H, W]`` in [−1, 1] toward ``reference`` ``[3, H', W']``'s LAB statistics."""
     if strength <= 0:
         return video
-    reference_lab = rgb_to_lab(_unit_frames(reference.unsqueeze(1))).reshape(-1, 3)
+    lab = LabConversion(video.device)
+    reference_lab = lab.to_lab(_unit_frames(reference.unsqueeze(1))).reshape(-1, 3)
     target_mean, target_std = reference_lab.mean(0), reference_lab.std(0)
-    mean, std = lab_statistics(video)
+    mean, std = lab_statistics(video, lab)
     std = std.clamp(min=1e-6)
     out = torch.empty_like(video)
     for part in _slices(video.shape[1]):
         frames = _unit_frames(video[:, part])
-        corrected = lab_to_rgb((rgb_to_lab(frames) - mean) / std * target_std + target_mean)
+        corrected = lab.to_rgb((lab.to_lab(frames) - mean) / std * target_std + target_mean)
         blended = (1 - strength) * frames.double() + strength * corrected
         out[:, part] = (blended * 2 - 1).permute(3, 0, 1, 2).to(video.dtype)
     return out

@@ -113,7 +113,8 @@ def decode_chunk(
     piece = decoded[:, keep_from:].cpu()
     if not next_chunk:
         return piece, None
-    motion = decoded[:, -MOTION_FRAMES:].unsqueeze(0).to(vae.dtype)
+    # A copy even when the VAE's dtype is already float32: a view would keep the whole decoded chunk alive.
+    motion = decoded[:, -MOTION_FRAMES:].unsqueeze(0).to(vae.dtype, copy=True)
     del decoded
     return piece, vae.encode(motion)
 

@@ -98,7 +98,7 @@ class InfiniteTalkTransformerBlock(WanTransformerBlock):
         if self.token_chunk is None:
             return residual(hidden_states, audio_tokens)
         frames = audio_tokens.shape[1]
-        per_frame = hidden_states.shape[1] // frames
+        per_frame = hidden_states.shape[1] // frames  # whole: the model checks its inputs' shapes
 
         def frame_residual(x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:  # x: [B, f, S, d]
             return residual(x.flatten(1, 2), audio).unflatten(1, (-1, per_frame))

@@ -1,5 +1,8 @@
 """A whole generation with every model on PyTorch's meta device, standing in for a GPU this suite never has:
-any tensor the pipeline leaves on the host and mixes with the models' fails here as it would on CUDA."""
+any tensor the pipeline leaves on the host and mixes with the models' fails here as it would on CUDA.
+
+Meta alone lets some ops mix devices that CUDA refuses (matmul, linear without bias, conv, embedding), so
+every op also runs under ``SameDevice``, which refuses them all."""
 
 from __future__ import annotations
 
@@ -7,11 +10,42 @@ import dataclasses
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from pipeline.audio import decode_audio
 from pipeline.components import Components, apply_options, load_components
 from pipeline.conditioning import load_image
 from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
+
+# The ops that move data between devices (``.to``, ``.cpu``, assignment into a tensor elsewhere).
+_DEVICE_COPIES = {torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default}
+
+
+class SameDevice(TorchDispatchMode):
+    """Every op but a copy takes its tensors from one device; a 0-dim host tensor counts as a scalar there,
+    as CUDA allows."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in _DEVICE_COPIES:
+            devices = {
+                leaf.device
+                for leaf in tree_leaves((args, kwargs))
+                if isinstance(leaf, torch.Tensor) and not (leaf.device.type == "cpu" and leaf.dim() == 0)
+            }
+            if len(devices) > 1:
+                raise AssertionError(f"{func} takes tensors from {sorted(map(str, devices))}")
+        return func(*args, **kwargs)
+
+
+def test_same_device_refuses_what_meta_alone_lets_through():
+    host, meta = torch.ones(2, 2), torch.ones(2, 2, device="meta")
+    assert (meta @ host).is_meta  # meta alone: silently fine, a device error on CUDA
+    with SameDevice(), pytest.raises(AssertionError, match="mm"):
+        meta @ host
+    with SameDevice():
+        assert (meta * torch.tensor(2.0)).is_meta and host.to("meta").is_meta  # scalars and copies pass
 
 
 @pytest.fixture
@@ -65,6 +99,7 @@ def test_a_guided_two_chunk_generation_keeps_every_tensor_on_the_models_device(
             tile_sample_stride_width=64,
         )
     _host_copy_of_meta(monkeypatch)
-    output = InfiniteTalkPipeline(parts).generate(request_with_guidance)
+    with SameDevice():
+        output = InfiniteTalkPipeline(parts).generate(request_with_guidance)
     assert output.video.shape == (3, 125, 128, 128) and output.video.device.type == "cpu"
     assert [latents.shape[2] for latents in output.chunk_latents] == [21, 21]
