@@ -17,9 +17,7 @@ whether two replicas fit on one 80 GB GPU (``num_gpus: 0.5``) and on one 141 GB 
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +26,7 @@ from diffusers.models.attention_dispatch import attention_backend
 from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
 from bench.dit_inputs import SEED_SIZES, pass_inputs
-from bench.report import table, write_result
+from bench.report import bench_parser, table, write_result
 from bench.tensor_memory import default_dtype, fake_tensors, peak_bytes
 from bench.weights_memory import GPU_GIB
 from bench.weights_memory import measure as measure_weights
@@ -39,7 +37,7 @@ from pipeline.models.transformer import InfiniteTalkTransformer3DModel
 from pipeline.pipeline import decode_chunk, predict_velocity
 from pipeline.presets import Preset, get_preset
 from pipeline.streaming import CHUNK_FRAMES
-from pipeline.weights.dit import parameter_dtype
+from pipeline.weights.dit import build_transformer
 
 DTYPE = torch.bfloat16
 DEFAULT_TOKEN_CHUNK = 4096
@@ -49,14 +47,9 @@ GiB = 2**30
 
 
 def fake_transformer(config: dict[str, Any]) -> InfiniteTalkTransformer3DModel:
-    """The DiT with fake bf16 weights, its norms and modulation tables in fp32 as the loader leaves them."""
-    with default_dtype(DTYPE):
-        model = InfiniteTalkTransformer3DModel(**config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            parameter.data = parameter.data.to(parameter_dtype(model, name, DTYPE))
-    model.rope.to(torch.float32)
-    return model.eval()
+    """Under ``fake_tensors()``: the DiT in bf16 with no data, its norms and modulation tables in fp32 as the
+    loader leaves them."""
+    return build_transformer(config, dtype=DTYPE)
 
 
 # PyTorch's SDPA, which picks a fused kernel (flash or cuDNN on a GPU, flash on the CPU): O(L) memory beside
@@ -67,15 +60,25 @@ GUIDANCE = {"cfg 1": (1, True), "cfg ≠ 1, batched": (2, True), "cfg ≠ 1, one
 
 
 def dit_pass_gib(
-    model: InfiniteTalkTransformer3DModel, size: str, guidance: str, token_chunk: int | None
+    model: InfiniteTalkTransformer3DModel,
+    size: str,
+    guidance: str,
+    token_chunk: int | None,
+    *,
+    count_inputs: bool = True,
 ) -> float:
-    """One denoising step's DiT work as the pipeline runs it (``predict_velocity``), its inputs included (the
-    noisy latent ‖ y, text, CLIP tokens, audio windows)."""
+    """One denoising step's DiT work as the pipeline runs it (``predict_velocity``), its inputs (the noisy
+    latent ‖ y, text, CLIP tokens, audio windows) included unless ``count_inputs`` is false."""
     batch, batched = GUIDANCE[guidance]
     config = dict(model.config)
 
+    def inputs() -> dict[str, torch.Tensor]:
+        return pass_inputs(config, *parse_size(size), "cpu", DTYPE, batch)
+
+    given = None if count_inputs else inputs()
+
     def step() -> torch.Tensor:
-        return predict_velocity(model, batched, **pass_inputs(config, *parse_size(size), "cpu", DTYPE, batch))
+        return predict_velocity(model, batched, **(given or inputs()))
 
     model.set_token_chunk(token_chunk)
     try:
@@ -88,11 +91,7 @@ def dit_pass_gib(
 def counted_pass_gib(config: dict[str, Any], size: str, token_chunk: int | None) -> float:
     """The activations of one batch-1 bf16 pass beyond its inputs, on a fake model built for the count."""
     with fake_tensors():
-        model = fake_transformer(config)
-        model.set_token_chunk(token_chunk)
-        inputs = pass_inputs(config, *parse_size(size), "cpu", DTYPE)
-        with attention_backend(COUNTED_BACKEND):
-            return peak_bytes(lambda: model(**inputs)) / GiB
+        return dit_pass_gib(fake_transformer(config), size, "cfg 1", token_chunk, count_inputs=False)
 
 
 VAE_STAGES = ("image_condition", "chunk_decode")
@@ -191,11 +190,7 @@ def replica_rows(figures: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.activation_memory",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = bench_parser("python -m bench.activation_memory", __doc__)
     parser.add_argument("--preset", default="infinitetalk-14b")
     parser.add_argument("--sizes", default=",".join(SEED_SIZES), help="comma-separated WxH")
     parser.add_argument("--token-chunk", type=int, default=DEFAULT_TOKEN_CHUNK, help="tokens per slice")
@@ -205,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         default=2.0,
         help="per replica, for the CUDA context, workspaces and allocator slack (default 2)",
     )
-    parser.add_argument("--results", type=Path, help="results directory (default bench/results)")
     args = parser.parse_args(argv)
     if args.token_chunk < 1:
         parser.error("--token-chunk must be a positive integer")
@@ -216,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "reserve_gib": args.reserve_gib,
         **measure(preset, sizes, args.token_chunk),
     }
-    path = write_result("activation_memory", figures, *([args.results] if args.results else []))
+    path = write_result("activation_memory", figures, args.results)
     stage_rows: list[tuple[object, ...]] = []
     for size, stages in figures["sizes"].items():
         for guidance, dit in stages["dit_pass_gib"].items():

@@ -19,7 +19,6 @@ On a lent GPU machine a whole run outlasts one device call; ``bench/device/gpu_b
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import statistics
@@ -36,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.activation_memory import counted_pass_gib
 from bench.dit_inputs import CHUNK_LATENT_FRAMES, SEED_SIZES, pass_inputs
-from bench.report import table, write_result
+from bench.report import bench_parser, table, write_result
 from pipeline.audio import decode_audio
 from pipeline.cli import parse_size, positive_int
 from pipeline.components import apply_options, random_components
@@ -319,11 +318,7 @@ def bench_job(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.gpu_sampler",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = bench_parser("python -m bench.gpu_sampler", __doc__)
     parser.add_argument("--preset", default="infinitetalk-14b")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--sizes", default=",".join(SEED_SIZES), help="comma-separated WxH")
@@ -360,7 +355,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the job on fp8 weights, token chunk 4096, a tiled VAE, guidance one pass at a time",
     )
-    parser.add_argument("--results", type=Path, help="results directory (default bench/results)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -406,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             job = {"size": args.job_size, "frames": args.job_frames, "cfg": args.job_cfg}
             options = LEAN_OPTIONS if args.job_lean else {}
             figures["job"] = bench_job(args.preset, device, dtype, Path(scratch) / "job.mp4", job, options)
-    path = write_result("gpu_sampler", figures, *([args.results] if args.results else []))
+    path = write_result("gpu_sampler", figures, args.results)
     rows = [
         (
             row["size"],

@@ -11,7 +11,6 @@ is the median over the repeats, so drifting machine load hits both alike.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bench.report import table, write_result
+from bench.report import bench_parser, table, write_result
 from pipeline.audio import decode_audio
 from pipeline.cli import parse_size
 from pipeline.components import load_components
@@ -44,7 +43,7 @@ def medians(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.pipeline_stages", description=__doc__)
+    parser = bench_parser("python -m bench.pipeline_stages", __doc__)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--weights", type=Path)
     parser.add_argument("--device", default="cpu")
@@ -52,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--results", type=Path, help="results directory (default bench/results)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {str(frames): runs[frames] for frames in LENGTHS},
         "ratio_250_over_125": ratios,
     }
-    path = write_result("pipeline_stages", figures, *([args.results] if args.results else []))
+    path = write_result("pipeline_stages", figures, args.results)
     rows = [(stage, short[stage], long[stage], ratios[stage]) for stage in short]
     print(table(["stage", "125 frames (s)", "250 frames (s)", "ratio"], rows))
     once = ", ".join(f"{stage} {ratios[stage]:.2f}" for stage in ONCE_PER_JOB if ratios.get(stage))

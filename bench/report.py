@@ -3,6 +3,7 @@ short table on stdout."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -65,6 +66,17 @@ def device_description() -> dict[str, Any]:
             cuda=torch.version.cuda,
         )
     return described
+
+
+def bench_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: its module docstring as help, and where its JSON result goes."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS_DIR, help="results directory (default bench/results)"
+    )
+    return parser
 
 
 def write_result(name: str, figures: dict[str, Any], results_dir: Path = RESULTS_DIR) -> Path:

@@ -19,7 +19,6 @@ here.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from bench.report import table, write_result
+from bench.report import bench_parser, table, write_result
 from loadtest.client import ApiClient, job_body
 from loadtest.stack import TOKEN, LocalStack, StackSettings, free_port
 from pipeline.audio import decode_audio
@@ -165,16 +164,11 @@ def compare_polls(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.serving_overhead",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = bench_parser("python -m bench.serving_overhead", __doc__)
     parser.add_argument("--repeats", type=int, default=2, help="timed jobs of each kind (0: polls only)")
     parser.add_argument("--poll-seconds", type=float, default=15.0, help="length of one polling round")
     parser.add_argument("--poll-rounds", type=int, default=3, help="polling rounds of each endpoint")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent pollers")
-    parser.add_argument("--results", type=Path, help="results directory (default bench/results)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     body = job_body()
@@ -201,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         finally:
             stack.stop()
-    path = write_result("serving_overhead", figures, *([args.results] if args.results else []))
+    path = write_result("serving_overhead", figures, args.results)
     rows = []
     if "end_to_end_median" in figures:
         jobs = figures["end_to_end_median"]

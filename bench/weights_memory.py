@@ -12,15 +12,13 @@ printed for an 80 GB card; the activations themselves need a GPU to measure (``b
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from bench.report import table, write_result
+from bench.report import bench_parser, table, write_result
 from pipeline.models.transformer import InfiniteTalkTransformer3DModel
 from pipeline.presets import Preset, get_preset
 from pipeline.quantization import is_quantizable
@@ -88,17 +86,12 @@ def measure(preset: Preset) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.weights_memory",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = bench_parser("python -m bench.weights_memory", __doc__)
     parser.add_argument("--preset", default="infinitetalk-14b")
-    parser.add_argument("--results", type=Path, help="results directory (default bench/results)")
     args = parser.parse_args(argv)
     preset = get_preset(args.preset)
     figures = {"preset": preset.name, **measure(preset)}
-    path = write_result("weights_memory", figures, *([args.results] if args.results else []))
+    path = write_result("weights_memory", figures, args.results)
     params, gib = figures["parameters_billion"], figures["bf16_gib"]
     rows: list[tuple[object, ...]] = [(name, params[name], gib[name]) for name in gib]
     replica, headroom = figures["sampler_replica_gib"], figures["two_replicas_per_80gb_headroom_gib"]

@@ -15,6 +15,21 @@ def assets() -> Path:
 
 
 @pytest.fixture(scope="session")
+def example_request():
+    """``example_request(**fields)``: a generation request for the example portrait and speech."""
+    from pipeline.audio import decode_audio
+    from pipeline.conditioning import load_image
+    from pipeline.pipeline import GenerationRequest
+
+    image, speech = load_image(ASSETS / "portrait.png"), decode_audio(ASSETS / "speech.wav")
+
+    def make(**fields):
+        return GenerationRequest(image=image, speech=speech, prompt="a woman is talking", **fields)
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_components():
     from pipeline.components import load_components
 

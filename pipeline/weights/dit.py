@@ -113,18 +113,19 @@ def build_transformer(
     """Random weights from ``seed`` (tiny preset, tests, benchmarks), in eval mode; the global RNG is left
     untouched.
 
-    On a GPU the model is built there, in ``dtype``: initialising 14B parameters on the host in fp32 would
-    take minutes and 56 GB of host memory.
+    Off the host the model is built where it will run, in ``dtype``: initialising 14B parameters on the host
+    in fp32 would take minutes and 56 GB of host memory. Under fake tensors (``bench.tensor_memory``) it is
+    built the host's way and holds no data.
     """
     device = torch.device(device)
-    on_gpu = device.type == "cuda"
+    on_host = device.type == "cpu"
     previous_dtype = torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[device] if on_gpu else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        if on_gpu:
+        if not on_host:
             torch.set_default_dtype(dtype)
         try:
-            with device if on_gpu else contextlib.nullcontext():
+            with contextlib.nullcontext() if on_host else device:
                 model = InfiniteTalkTransformer3DModel(**config)
         finally:
             torch.set_default_dtype(previous_dtype)
@@ -132,7 +133,7 @@ def build_transformer(
         for name, parameter in model.named_parameters():
             parameter.data = parameter.data.to(parameter_dtype(model, name, dtype))
     model.rope.to(torch.float32)
-    return model.to(device).eval().requires_grad_(False)
+    return model.eval().requires_grad_(False)
 
 
 def load_transformer(

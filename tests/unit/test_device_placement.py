@@ -13,9 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from pipeline.audio import decode_audio
 from pipeline.components import Components, apply_options, load_components
-from pipeline.conditioning import load_image
 from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
 
 # The ops that move data between devices (``.to``, ``.cpu``, assignment into a tensor elsewhere).
@@ -49,17 +47,9 @@ def test_same_device_refuses_what_meta_alone_lets_through():
 
 
 @pytest.fixture
-def request_with_guidance(assets) -> GenerationRequest:
-    return GenerationRequest(
-        image=load_image(assets / "portrait.png"),
-        speech=decode_audio(assets / "speech.wav"),
-        prompt="a woman is talking",
-        width=128,
-        height=128,
-        frames=125,  # two chunks: the motion frames cross from one to the next
-        steps=2,
-        cfg=1.5,
-    )
+def request_with_guidance(example_request) -> GenerationRequest:
+    # 125 frames: two chunks, so the motion frames cross from one to the next
+    return example_request(width=128, height=128, frames=125, steps=2, cfg=1.5)
 
 
 def _on_meta(request: GenerationRequest) -> Components:

@@ -9,11 +9,9 @@ from pydantic import ValidationError
 from tensor_bytes import stored_bytes
 
 from bench.dit_inputs import pass_inputs
-from pipeline.audio import decode_audio
 from pipeline.components import load_components
-from pipeline.conditioning import load_image
 from pipeline.errors import InputError
-from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
+from pipeline.pipeline import InfiniteTalkPipeline
 from pipeline.presets import TINY
 from pipeline.quantization import is_quantizable, quantize_transformer
 from pipeline.weights.dit import build_transformer
@@ -85,19 +83,11 @@ def test_unknown_mode_is_refused():
         quantize_transformer(_tiny_transformer(torch.float32), "fp4")
 
 
-def test_a_whole_generation_runs_on_fp8_weights_and_records_it(assets, tmp_path):
+def test_a_whole_generation_runs_on_fp8_weights_and_records_it(example_request, tmp_path):
     components = load_components("tiny", device="cpu", fp8="weights")
     assert components.identities["fp8"] == "weights"
     assert len(_block_linears(components.transformer)) == LINEARS_PER_BLOCK * TINY.transformer["num_layers"]
-    request = GenerationRequest(
-        image=load_image(assets / "portrait.png"),
-        speech=decode_audio(assets / "speech.wav"),
-        prompt="a woman is talking",
-        width=128,
-        height=128,
-        frames=81,
-        steps=2,
-    )
+    request = example_request(width=128, height=128, frames=81, steps=2)
     output = InfiniteTalkPipeline(components).generate(request)
     assert output.video.shape[1] == 81 and torch.isfinite(output.video).all()
 

@@ -18,13 +18,11 @@ from pydantic import ValidationError
 from bench.activation_memory import dit_pass_gib, fake_transformer
 from bench.dit_inputs import CHUNK_LATENT_FRAMES, pass_inputs
 from bench.tensor_memory import fake_tensors
-from pipeline.audio import decode_audio
 from pipeline.components import load_components
-from pipeline.conditioning import load_image
 from pipeline.errors import InputError
 from pipeline.models.chunked_attention import TokenChunkedWanAttnProcessor, map_slices
 from pipeline.models.transformer import InfiniteTalkTransformer3DModel
-from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
+from pipeline.pipeline import InfiniteTalkPipeline
 from pipeline.presets import INFINITETALK_14B, TINY
 from pipeline.weights.dit import build_transformer
 from serve.config import ModelConfig
@@ -161,16 +159,8 @@ def test_chunking_lowers_the_14b_activation_peak_at_480x832():
 
 
 @pytest.mark.slow
-def test_generations_on_chunked_blocks_match_and_on_a_tiled_vae_run(assets, tiny_pipeline):
-    request = GenerationRequest(
-        image=load_image(assets / "portrait.png"),
-        speech=decode_audio(assets / "speech.wav"),
-        prompt="a woman is talking",
-        width=480,
-        height=480,
-        frames=81,
-        steps=2,
-    )
+def test_generations_on_chunked_blocks_match_and_on_a_tiled_vae_run(example_request, tiny_pipeline):
+    request = example_request(width=480, height=480, frames=81, steps=2)
     reference = tiny_pipeline.generate(request)
     lean = load_components("tiny", device="cpu", with_audio_encoder=True, token_chunk=16)
     chunked = InfiniteTalkPipeline(lean).generate(request)
