@@ -7,18 +7,23 @@
    ...) and each figure is the median; target ratio HTTP / direct ≤ 1.10.
 2. **Status polls**: requests/s that concurrent pollers get from ``GET /v1/requests/{id}/status`` (FastAPI,
    bearer auth, the job record from Redis) versus a bare Ray Serve deployment answering a status-sized JSON
-   (``bench.bare_endpoint``) behind the same proxy; target app / bare ≥ 0.8. Also against the same answer
-   from a bare FastAPI ingress, and from one that awaits once before answering (see ``bench.bare_endpoint``
-   for why that matters). A short warm-up of each, then rounds in rotating order, medians.
+   (``bench.bare_endpoint``) behind the same HTTP front; target app / bare ≥ 0.8. Also against the same
+   answer from a bare FastAPI ingress, and from one that awaits once before answering (see
+   ``bench.bare_endpoint`` for why that matters). A short warm-up of each, then rounds in rotating order,
+   medians.
 
-The stack is private (``loadtest.stack``: its own ports, Redis and scratch directory), started and stopped
-here.
+Each HTTP front (``serve.ingress_proxy``: HAProxy, which ``python -m serve up`` and the Kubernetes manifests
+run, and Serve's proxy actor, Serve's default) gets a stack of its own, one after the other in one run; the
+jobs run on the first. The stacks are private (``loadtest.stack``: their own ports, Redis and scratch
+directory), started and stopped here.
 
     python -m bench.serving_overhead [--repeats 2] [--poll-seconds 15] [--concurrency 16]
+                                     [--fronts haproxy,proxy]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import sys
@@ -36,6 +41,7 @@ from pipeline.audio import decode_audio
 from pipeline.components import load_components
 from pipeline.conditioning import load_image
 from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
+from serve.ingress_proxy import HAPROXY_SWITCH, haproxy_binary
 from serve.inputs.references import EXAMPLE_ASSETS_DIR
 
 BARE_PREFIX = "/bare"
@@ -48,6 +54,13 @@ BARE_APPLICATIONS = (
         "import_path": "bench.bare_endpoint:fastapi_app",
     },
 )
+# The HTTP fronts a stack can run (``serve.ingress_proxy``), by the value of RAY_SERVE_ENABLE_HA_PROXY.
+FRONTS = {"haproxy": "1", "proxy": "0"}
+FLOOR_NAMES = {
+    "bare_serve": "bare Serve",
+    "bare_fastapi_ingress": "bare FastAPI ingress",
+    "bare_fastapi_after_await": "bare FastAPI ingress, one await",
+}
 POLL_INTERVAL_S = 0.25
 WARM_UP_POLL_SECONDS = 3.0
 JOB_TIMEOUT_S = 900.0
@@ -163,73 +176,103 @@ def compare_polls(
     }
 
 
+def run_stack(front: str, scratch: Path, args: argparse.Namespace, body: dict, *, with_jobs: bool) -> dict:
+    """Start a private stack with this HTTP front, measure it, stop it."""
+    settings = StackSettings(
+        workdir=scratch / f"stack-{front}",
+        http_port=free_port(8400),
+        redis_port=free_port(6440),
+        extra_applications=BARE_APPLICATIONS,
+        environment={HAPROXY_SWITCH: FRONTS[front]},
+    )
+    stack = LocalStack(settings)
+    print(f"starting the stack ({front}) on {settings.base_url} ...", file=sys.stderr)
+    startup = time.perf_counter()
+    stack.start(timeout=600)
+    figures: dict = {"stack_startup_seconds": time.perf_counter() - startup}
+    try:
+        with ApiClient(stack.base_url, TOKEN) as client:
+            if with_jobs:
+                pipe = InfiniteTalkPipeline(load_components("tiny", device="cpu"))
+                figures |= compare_jobs(client, pipe, body, scratch / "direct.mp4", args.repeats)
+            figures |= compare_polls(
+                client, stack.base_url, body, args.poll_rounds, args.concurrency, args.poll_seconds
+            )
+    finally:
+        stack.stop()
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser("python -m bench.serving_overhead", __doc__)
     parser.add_argument("--repeats", type=int, default=2, help="timed jobs of each kind (0: polls only)")
     parser.add_argument("--poll-seconds", type=float, default=15.0, help="length of one polling round")
     parser.add_argument("--poll-rounds", type=int, default=3, help="polling rounds of each endpoint")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent pollers")
+    parser.add_argument(
+        "--fronts",
+        default=",".join(FRONTS),
+        help="HTTP fronts to measure, one stack each: haproxy, proxy (Serve's proxy actor); the jobs run "
+        "on the first",
+    )
     args = parser.parse_args(argv)
+    fronts = [front.strip() for front in args.fronts.split(",") if front.strip()]
+    unknown = sorted(set(fronts) - set(FRONTS))
+    if unknown or not fronts:
+        parser.error(f"--fronts: {', '.join(unknown) or 'none given'}; choose from {', '.join(FRONTS)}")
+    if "haproxy" in fronts and haproxy_binary() is None:
+        parser.error("--fronts haproxy: no HAProxy binary (install ray[serve] on Linux x86-64, or haproxy)")
     torch.set_num_threads(1)
     body = job_body()
-    figures: dict = {"job": body, "torch_threads": 1}
+    figures: dict = {"job": body, "torch_threads": 1, "fronts": {}}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
-        settings = StackSettings(
-            workdir=Path(scratch) / "stack",
-            http_port=free_port(8400),
-            redis_port=free_port(6440),
-            extra_applications=BARE_APPLICATIONS,
-        )
-        stack = LocalStack(settings)
-        print(f"starting the stack on {settings.base_url} ...", file=sys.stderr)
-        startup = time.perf_counter()
-        stack.start(timeout=600)
-        figures["stack_startup_seconds"] = time.perf_counter() - startup
-        try:
-            with ApiClient(stack.base_url, TOKEN) as client:
-                if args.repeats > 0:
-                    pipe = InfiniteTalkPipeline(load_components("tiny", device="cpu"))
-                    figures |= compare_jobs(client, pipe, body, Path(scratch) / "direct.mp4", args.repeats)
-                figures |= compare_polls(
-                    client, stack.base_url, body, args.poll_rounds, args.concurrency, args.poll_seconds
-                )
-        finally:
-            stack.stop()
+        for index, front in enumerate(fronts):
+            with_jobs = index == 0 and args.repeats > 0
+            figures["fronts"][front] = run_stack(front, Path(scratch), args, body, with_jobs=with_jobs)
     path = write_result("serving_overhead", figures, args.results)
     rows = []
-    if "end_to_end_median" in figures:
-        jobs = figures["end_to_end_median"]
-        rows.append(
-            ("job end to end (s)", jobs["direct"], jobs["http"], figures["http_over_direct"], "<= 1.10")
-        )
-    polls = figures["status_polls_median"]
-    rows.append(
-        (
-            "status polls (req/s) vs bare Serve",
-            polls["bare_serve"],
-            polls["app"],
-            figures["app_over_bare"],
-            ">= 0.8",
-        )
-    )
-    rows.append(
-        (
-            "status polls (req/s) vs bare FastAPI ingress",
-            polls["bare_fastapi_ingress"],
-            polls["app"],
-            figures["app_over_bare_fastapi"],
-            "-",
-        )
-    )
-    rows.append(
-        (
-            "status polls (req/s) vs bare FastAPI ingress, one await",
-            polls["bare_fastapi_after_await"],
-            polls["app"],
-            figures["app_over_bare_fastapi_after_await"],
-            "-",
-        )
-    )
+    for front, measured in figures["fronts"].items():
+        if "end_to_end_median" in measured:
+            jobs = measured["end_to_end_median"]
+            rows.append(
+                (
+                    f"{front}: job end to end (s)",
+                    jobs["direct"],
+                    jobs["http"],
+                    measured["http_over_direct"],
+                    "<= 1.10",
+                )
+            )
+        polls = measured["status_polls_median"]
+        for floor, ratio, target in (
+            ("bare_serve", "app_over_bare", ">= 0.8"),
+            ("bare_fastapi_ingress", "app_over_bare_fastapi", "-"),
+            ("bare_fastapi_after_await", "app_over_bare_fastapi_after_await", "-"),
+        ):
+            rows.append(
+                (
+                    f"{front}: status polls (req/s) vs {FLOOR_NAMES[floor]}",
+                    polls[floor],
+                    polls["app"],
+                    measured[ratio],
+                    target,
+                )
+            )
+    if len(figures["fronts"]) > 1:
+        app_rates = {
+            front: measured["status_polls_median"]["app"] for front, measured in figures["fronts"].items()
+        }
+        first, *others = fronts
+        for other in others:
+            rows.append(
+                (
+                    f"app status polls: {first} vs {other}",
+                    app_rates[other],
+                    app_rates[first],
+                    app_rates[first] / app_rates[other],
+                    "-",
+                )
+            )
     print(table(["measure", "direct / floor", "through the app", "ratio", "target"], rows))
     print(f"result: {path}")
     return 0

@@ -54,6 +54,9 @@ BATTERY_MAX_IMAGE_BYTES = 2 * 1024 * 1024
 BATTERY_MAX_AUDIO_BYTES = 4 * 1024 * 1024
 BATTERY_HTTP_PORT = 8300
 BATTERY_REDIS_PORT = 6420
+# Ray's defaults, where the search for free ones starts.
+HAPROXY_STATS_PORT = 8404
+HAPROXY_METRICS_PORT = 9101
 PID_FILE = "stack.pid"
 CONFIG_FILE = "serve.yaml"
 
@@ -77,6 +80,8 @@ class StackSettings:
     fetch: dict[str, Any] = field(default_factory=dict)  # FetchConfig fields (byte caps, timeouts)
     # More Serve applications to run beside the app in the same Ray (benchmarks add a bare endpoint).
     extra_applications: tuple[dict[str, Any], ...] = ()
+    # Set in the stack's environment over the caller's (benchmarks choose the HTTP front with it).
+    environment: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_workdir(cls, workdir: Path) -> StackSettings:
@@ -169,6 +174,10 @@ def _stack_environment(settings: StackSettings) -> dict[str, str]:
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["INFINITETALK_SIGNING_KEY"] = "e2e-signing-key-not-secret"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    # HAProxy's stats page and metrics listen on fixed ports by default; each stack takes free ones.
+    env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port(HAPROXY_STATS_PORT))
+    env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port(HAPROXY_METRICS_PORT))
+    env.update(settings.environment)
     return env
 
 

@@ -3,7 +3,8 @@
 Redis starts here, before Ray and outside it: a process started inside a Ray worker is killed with that
 worker, and the job store must outlive every replica. ``serve run`` then starts a local Ray and the app,
 finding Redis through ``INFINITETALK_REDIS_URL``. ``python -m serve down`` stops the embedded Redis (its
-data stays in the AOF file for the next ``up``).
+data stays in the AOF file for the next ``up``). The HTTP front is HAProxy when its binary is installed
+(``serve.ingress_proxy``).
 
 ``python -m serve drain`` makes every ingress refuse new jobs with 503 + Retry-After while the queued and
 running ones finish (``--wait`` waits for that), before an upgrade or a shutdown; ``python -m serve resume``
@@ -22,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from serve.config import AppConfig
+from serve.ingress_proxy import HAPROXY_SWITCH, ingress_environment, uses_haproxy
 from serve.jobs import EmbeddedRedis, JobStore
 from serve.services import RedisNotConfigured, Services, resolve_redis_url
 
@@ -45,6 +47,9 @@ def up(config_path: Path) -> int:
         env[config.redis.url_env] = server.url
         print(f"embedded Redis: {server.url} (data in {server.data_dir})", file=sys.stderr)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env = ingress_environment(env)
+    front = "HAProxy" if uses_haproxy(env) else "Serve's proxy actor"
+    print(f"HTTP front: {front} ({HAPROXY_SWITCH}={env[HAPROXY_SWITCH]})", file=sys.stderr)
     serve_cli = shutil.which("serve")
     if serve_cli is None:
         print("error: the 'serve' command of ray[serve] is not on PATH", file=sys.stderr)

@@ -24,6 +24,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from serve.ingress_proxy import HAPROXY_SWITCH
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 CRDS = Path(__file__).parents[2].parent / "shared" / "kuberay-crds"
@@ -349,6 +351,16 @@ def test_autoscaling_and_gcs_fault_tolerance(docs):
         "name": "infinitetalk-redis",
         "key": "password",
     }
+
+
+def test_every_ray_pod_runs_haproxy_as_its_http_front(docs):
+    # Serve's controller and each node's proxy manager read the switch in their own process: a pod without it
+    # would start the proxy actor while the controller routes as for HAProxy.
+    groups = ray_groups(docs)
+    assert len(groups) > 1
+    for group in groups:
+        env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env.get(HAPROXY_SWITCH) == "1", group.get("groupName", "head")
 
 
 def test_ray_version_matches_the_image_and_the_installed_ray(docs):
