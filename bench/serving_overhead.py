@@ -17,14 +17,14 @@ run, and Serve's proxy actor, Serve's default) gets a stack of its own, one afte
 jobs run on the first. The stacks are private (``loadtest.stack``: their own ports, Redis and scratch
 directory), started and stopped here.
 
-    python -m bench.serving_overhead [--repeats 2] [--poll-seconds 15] [--concurrency 16]
+    python -m bench.serving_overhead [--repeats 2] [--poll-rounds 3] [--poll-seconds 15] [--concurrency 16]
                                      [--fronts haproxy,proxy]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -41,7 +41,7 @@ from pipeline.audio import decode_audio
 from pipeline.components import load_components
 from pipeline.conditioning import load_image
 from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
-from serve.ingress_proxy import HAPROXY_SWITCH, haproxy_binary
+from serve.ingress_proxy import HAPROXY_SWITCH, haproxy_binary, uses_haproxy
 from serve.inputs.references import EXAMPLE_ASSETS_DIR
 
 BARE_PREFIX = "/bare"
@@ -54,12 +54,20 @@ BARE_APPLICATIONS = (
         "import_path": "bench.bare_endpoint:fastapi_app",
     },
 )
-# The HTTP fronts a stack can run (``serve.ingress_proxy``), by the value of RAY_SERVE_ENABLE_HA_PROXY.
-FRONTS = {"haproxy": "1", "proxy": "0"}
-FLOOR_NAMES = {
-    "bare_serve": "bare Serve",
-    "bare_fastapi_ingress": "bare FastAPI ingress",
-    "bare_fastapi_after_await": "bare FastAPI ingress, one await",
+# The HTTP fronts a stack can run (serve/ingress_proxy.py), by what each sets in the stack's environment.
+# "haproxy-throughput" adds the rest of Ray's high-throughput mode (gRPC between deployments, user code on
+# the replica's event loop, buffered logs), which the project does not run: measured, not adopted.
+FRONTS = {
+    "haproxy": {HAPROXY_SWITCH: "1"},
+    "proxy": {HAPROXY_SWITCH: "0"},
+    "haproxy-throughput": {HAPROXY_SWITCH: "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
+DEFAULT_FRONTS = ("haproxy", "proxy")
+# What the app's status polls are compared with: the bare endpoints' names in the table, and the target.
+FLOORS = {
+    "bare_serve": ("bare Serve", ">= 0.8"),
+    "bare_fastapi_ingress": ("bare FastAPI ingress", "-"),
+    "bare_fastapi_after_await": ("bare FastAPI ingress, one await", "-"),
 }
 POLL_INTERVAL_S = 0.25
 WARM_UP_POLL_SECONDS = 3.0
@@ -170,37 +178,63 @@ def compare_polls(
         "status_polls_per_second": rates,
         "status_polls_median": medians,
         "status_poll_concurrency": concurrency,
-        "app_over_bare": medians["app"] / medians["bare_serve"],
-        "app_over_bare_fastapi": medians["app"] / medians["bare_fastapi_ingress"],
-        "app_over_bare_fastapi_after_await": medians["app"] / medians["bare_fastapi_after_await"],
+        "app_over": {floor: medians["app"] / medians[floor] for floor in FLOORS},
     }
 
 
-def run_stack(front: str, scratch: Path, args: argparse.Namespace, body: dict, *, with_jobs: bool) -> dict:
-    """Start a private stack with this HTTP front, measure it, stop it."""
+def run_stack(
+    front: str,
+    scratch: Path,
+    body: dict,
+    *,
+    jobs: int,
+    poll_rounds: int,
+    concurrency: int,
+    poll_seconds: float,
+) -> dict:
+    """Start a private stack with this HTTP front, measure it (``jobs`` timed jobs of each kind, 0: polls
+    only), stop it."""
     settings = StackSettings(
         workdir=scratch / f"stack-{front}",
         http_port=free_port(8400),
         redis_port=free_port(6440),
         extra_applications=BARE_APPLICATIONS,
-        environment={HAPROXY_SWITCH: FRONTS[front]},
+        environment=FRONTS[front],
     )
     stack = LocalStack(settings)
     print(f"starting the stack ({front}) on {settings.base_url} ...", file=sys.stderr)
     startup = time.perf_counter()
     stack.start(timeout=600)
-    figures: dict = {"stack_startup_seconds": time.perf_counter() - startup}
+    figures: dict = {"environment": FRONTS[front], "stack_startup_seconds": time.perf_counter() - startup}
     try:
         with ApiClient(stack.base_url, TOKEN) as client:
-            if with_jobs:
+            if jobs > 0:
                 pipe = InfiniteTalkPipeline(load_components("tiny", device="cpu"))
-                figures |= compare_jobs(client, pipe, body, scratch / "direct.mp4", args.repeats)
-            figures |= compare_polls(
-                client, stack.base_url, body, args.poll_rounds, args.concurrency, args.poll_seconds
-            )
+                figures |= compare_jobs(client, pipe, body, scratch / "direct.mp4", jobs)
+            figures |= compare_polls(client, stack.base_url, body, poll_rounds, concurrency, poll_seconds)
     finally:
         stack.stop()
     return figures
+
+
+def result_rows(fronts: dict[str, dict]) -> list[tuple]:
+    rows: list[tuple] = []
+    for front, measured in fronts.items():
+        if "end_to_end_median" in measured:
+            jobs = measured["end_to_end_median"]
+            ratio = measured["http_over_direct"]
+            rows.append((f"{front}: job end to end (s)", jobs["direct"], jobs["http"], ratio, "<= 1.10"))
+        polls = measured["status_polls_median"]
+        for floor, (name, target) in FLOORS.items():
+            label = f"{front}: status polls (req/s) vs {name}"
+            rows.append((label, polls[floor], polls["app"], measured["app_over"][floor], target))
+    first, *others = fronts
+    app = {front: measured["status_polls_median"]["app"] for front, measured in fronts.items()}
+    for other in others:
+        rows.append(
+            (f"app status polls: {first} vs {other}", app[other], app[first], app[first] / app[other], "-")
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,69 +245,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent pollers")
     parser.add_argument(
         "--fronts",
-        default=",".join(FRONTS),
-        help="HTTP fronts to measure, one stack each: haproxy, proxy (Serve's proxy actor); the jobs run "
-        "on the first",
+        default=",".join(DEFAULT_FRONTS),
+        help=f"HTTP fronts to measure, one stack each, from {', '.join(FRONTS)}; the jobs run on the first",
     )
     args = parser.parse_args(argv)
-    fronts = [front.strip() for front in args.fronts.split(",") if front.strip()]
+    fronts = list(dict.fromkeys(front.strip() for front in args.fronts.split(",") if front.strip()))
     unknown = sorted(set(fronts) - set(FRONTS))
     if unknown or not fronts:
         parser.error(f"--fronts: {', '.join(unknown) or 'none given'}; choose from {', '.join(FRONTS)}")
-    if "haproxy" in fronts and haproxy_binary() is None:
-        parser.error("--fronts haproxy: no HAProxy binary (install ray[serve] on Linux x86-64, or haproxy)")
+    if any(uses_haproxy(FRONTS[front]) for front in fronts) and haproxy_binary(os.environ) is None:
+        parser.error(
+            "--fronts: no HAProxy binary for the haproxy fronts (ray[serve] on Linux x86-64, or haproxy)"
+        )
     torch.set_num_threads(1)
     body = job_body()
-    figures: dict = {"job": body, "torch_threads": 1, "fronts": {}}
+    inherited = {name: value for name, value in os.environ.items() if name.startswith("RAY_SERVE_")}
+    figures: dict = {"job": body, "torch_threads": 1, "inherited_environment": inherited, "fronts": {}}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
         for index, front in enumerate(fronts):
-            with_jobs = index == 0 and args.repeats > 0
-            figures["fronts"][front] = run_stack(front, Path(scratch), args, body, with_jobs=with_jobs)
+            figures["fronts"][front] = run_stack(
+                front,
+                Path(scratch),
+                body,
+                jobs=args.repeats if index == 0 else 0,
+                poll_rounds=args.poll_rounds,
+                concurrency=args.concurrency,
+                poll_seconds=args.poll_seconds,
+            )
     path = write_result("serving_overhead", figures, args.results)
-    rows = []
-    for front, measured in figures["fronts"].items():
-        if "end_to_end_median" in measured:
-            jobs = measured["end_to_end_median"]
-            rows.append(
-                (
-                    f"{front}: job end to end (s)",
-                    jobs["direct"],
-                    jobs["http"],
-                    measured["http_over_direct"],
-                    "<= 1.10",
-                )
-            )
-        polls = measured["status_polls_median"]
-        for floor, ratio, target in (
-            ("bare_serve", "app_over_bare", ">= 0.8"),
-            ("bare_fastapi_ingress", "app_over_bare_fastapi", "-"),
-            ("bare_fastapi_after_await", "app_over_bare_fastapi_after_await", "-"),
-        ):
-            rows.append(
-                (
-                    f"{front}: status polls (req/s) vs {FLOOR_NAMES[floor]}",
-                    polls[floor],
-                    polls["app"],
-                    measured[ratio],
-                    target,
-                )
-            )
-    if len(figures["fronts"]) > 1:
-        app_rates = {
-            front: measured["status_polls_median"]["app"] for front, measured in figures["fronts"].items()
-        }
-        first, *others = fronts
-        for other in others:
-            rows.append(
-                (
-                    f"app status polls: {first} vs {other}",
-                    app_rates[other],
-                    app_rates[first],
-                    app_rates[first] / app_rates[other],
-                    "-",
-                )
-            )
-    print(table(["measure", "direct / floor", "through the app", "ratio", "target"], rows))
+    print(
+        table(
+            ["measure", "direct / floor", "through the app", "ratio", "target"],
+            result_rows(figures["fronts"]),
+        )
+    )
     print(f"result: {path}")
     return 0
 

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,13 @@ BATTERY_MAX_IMAGE_BYTES = 2 * 1024 * 1024
 BATTERY_MAX_AUDIO_BYTES = 4 * 1024 * 1024
 BATTERY_HTTP_PORT = 8300
 BATTERY_REDIS_PORT = 6420
-# Ray's defaults, where the search for free ones starts.
-HAPROXY_STATS_PORT = 8404
-HAPROXY_METRICS_PORT = 9101
+# The fixed ports of Serve's HTTP front, by the variable that moves each: Ray's defaults, where the search for
+# free ones starts.
+FRONT_PORTS = {
+    "RAY_SERVE_HAPROXY_STATS_PORT": 8404,
+    "RAY_SERVE_HAPROXY_METRICS_PORT": 9101,
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500,
+}
 PID_FILE = "stack.pid"
 CONFIG_FILE = "serve.yaml"
 
@@ -174,9 +179,13 @@ def _stack_environment(settings: StackSettings) -> dict[str, str]:
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["INFINITETALK_SIGNING_KEY"] = "e2e-signing-key-not-secret"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    # HAProxy's stats page and metrics listen on fixed ports by default; each stack takes free ones.
-    env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port(HAPROXY_STATS_PORT))
-    env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port(HAPROXY_METRICS_PORT))
+    # Serve's HTTP front listens on fixed ports besides the config's (serve/ingress_proxy.py): each stack
+    # takes free ones, none of them its own HTTP or Redis port.
+    taken = {settings.http_port, settings.redis_port}
+    for name, preferred in FRONT_PORTS.items():
+        port = free_port(preferred, exclude=taken)
+        env[name] = str(port)
+        taken.add(port)
     env.update(settings.environment)
     return env
 
@@ -332,9 +341,12 @@ class LocalStack:
             return "(no log)"
 
 
-def free_port(preferred: int, span: int = 100) -> int:
-    """The first port in ``preferred .. preferred + span`` that nothing listens on at 127.0.0.1."""
+def free_port(preferred: int, span: int = 100, exclude: Collection[int] = ()) -> int:
+    """The first port in ``preferred .. preferred + span``, not in ``exclude``, that nothing listens on at
+    127.0.0.1."""
     for port in range(preferred, preferred + span):
+        if port in exclude:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))

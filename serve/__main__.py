@@ -23,11 +23,12 @@ from pathlib import Path
 import yaml
 
 from serve.config import AppConfig
-from serve.ingress_proxy import HAPROXY_SWITCH, ingress_environment, uses_haproxy
+from serve.ingress_proxy import HAPROXY_SWITCH, HAProxyMissing, ingress_environment, uses_haproxy
 from serve.jobs import EmbeddedRedis, JobStore
 from serve.services import RedisNotConfigured, Services, resolve_redis_url
 
 DEFAULT_CONFIG = Path("configs/local.yaml")
+LOCAL_DRAIN_SECONDS = 5
 
 
 def _app_config(config_path: Path) -> AppConfig:
@@ -41,19 +42,25 @@ def _embedded(config: AppConfig) -> EmbeddedRedis:
 
 def up(config_path: Path) -> int:
     config = _app_config(config_path)
-    env = dict(os.environ)
+    serve_cli = shutil.which("serve")
+    if serve_cli is None:
+        print("error: the 'serve' command of ray[serve] is not on PATH", file=sys.stderr)
+        return 2
+    try:
+        env = ingress_environment(os.environ)
+    except HAProxyMissing as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    front = "HAProxy" if uses_haproxy(env) else "Serve's proxy actor"
+    print(f"HTTP front: {front} ({HAPROXY_SWITCH}={env[HAPROXY_SWITCH]})", file=sys.stderr)
     if config.redis.resolved_url() is None:
         server = _embedded(config).start()
         env[config.redis.url_env] = server.url
         print(f"embedded Redis: {server.url} (data in {server.data_dir})", file=sys.stderr)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    env = ingress_environment(env)
-    front = "HAProxy" if uses_haproxy(env) else "Serve's proxy actor"
-    print(f"HTTP front: {front} ({HAPROXY_SWITCH}={env[HAPROXY_SWITCH]})", file=sys.stderr)
-    serve_cli = shutil.which("serve")
-    if serve_cli is None:
-        print("error: the 'serve' command of ray[serve] is not on PATH", file=sys.stderr)
-        return 2
+    # Behind HAProxy, Ray keeps a stopping ingress replica serving 30 s so that load balancers outside the
+    # cluster can drop it first; on one machine only Serve's own HAProxy routes to it, and Serve updates it.
+    env.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", str(LOCAL_DRAIN_SECONDS))
     os.execve(serve_cli, [serve_cli, "run", str(config_path)], env)
     return 0  # pragma: no cover - execve does not return
 

