@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -70,28 +71,51 @@ FLOORS = {
     "bare_fastapi_after_await": ("bare FastAPI ingress, one await", "-"),
 }
 POLL_INTERVAL_S = 0.25
+# The stages a job's timings name that are the serving layer's, not the pipeline's.
+SERVING_STAGES = ("fetch_inputs", "upload")
 WARM_UP_POLL_SECONDS = 3.0
 JOB_TIMEOUT_S = 900.0
 
 
-def http_job(client: ApiClient, body: dict) -> float:
-    """Seconds from submit to the downloaded MP4."""
+def http_job(client: ApiClient, body: dict) -> dict[str, float]:
+    """Seconds from submit to the downloaded MP4 (``total``), and where they went: the submit request, the
+    job's wait in the queue and its run on the sampler (the server's clock, same machine), of which the
+    pipeline's own stages, how long after it finished a poll saw it, result + download, and all that is not
+    the pipeline's stages."""
     started = time.perf_counter()
     request_id = client.submit_accepted(body)
+    submitted = time.perf_counter()
     deadline = started + JOB_TIMEOUT_S
     while time.perf_counter() < deadline:
-        status = client.status(request_id).json()["status"]
-        if status == "completed":
+        status = client.status(request_id).json()
+        if status["status"] == "completed":
+            seen = time.time()
             break
-        if status in ("failed", "cancelled"):
-            raise RuntimeError(f"benchmark job {request_id} ended {status}")
+        if status["status"] in ("failed", "cancelled"):
+            raise RuntimeError(f"benchmark job {request_id} ended {status['status']}")
         time.sleep(POLL_INTERVAL_S)
     else:
         raise RuntimeError(f"benchmark job {request_id} did not finish in {JOB_TIMEOUT_S:.0f} s")
-    video_url = client.result(request_id).json()["output"]["video"]
-    video = client.http.get(video_url)
-    video.raise_for_status()
-    return time.perf_counter() - started
+    fetching = time.perf_counter()
+    result = client.result(request_id).json()
+    client.http.get(result["output"]["video"]).raise_for_status()
+    done = time.perf_counter()
+    stages = sum(seconds for stage, seconds in result["timings"].items() if stage not in SERVING_STAGES)
+    created, run_from, finished = (
+        datetime.fromisoformat(status[name]).timestamp()
+        for name in ("created_at", "started_at", "finished_at")
+    )
+    return {
+        "total": done - started,
+        "submit": submitted - started,
+        "queued": run_from - created,
+        "running": finished - run_from,
+        "pipeline_stages": stages,
+        # All the serving layer adds: submit, queue, claim, staging, upload, the poll's lag, the download.
+        "outside_pipeline": done - started - stages,
+        "seen_after_finish": seen - finished,
+        "result_and_download": done - fetching,
+    }
 
 
 def direct_job(pipe: InfiniteTalkPipeline, body: dict, out: Path) -> float:
@@ -137,17 +161,24 @@ def poll_rate(url: str, headers: dict[str, str], concurrency: int, seconds: floa
 
 def compare_jobs(client: ApiClient, pipe: InfiniteTalkPipeline, body: dict, out: Path, repeats: int) -> dict:
     """Warm-up of each path, then ``repeats`` alternating timed jobs of each."""
-    warm_up = {"http": http_job(client, body), "direct": direct_job(pipe, body, out)}
+    warm_up = {"http": http_job(client, body)["total"], "direct": direct_job(pipe, body, out)}
     direct, over_http = [], []
     for index in range(repeats):
         direct.append(direct_job(pipe, body, out))
         over_http.append(http_job(client, body))
-        print(f"job {index + 1}: direct {direct[-1]:.1f} s, HTTP {over_http[-1]:.1f} s", file=sys.stderr)
+        print(
+            f"job {index + 1}: direct {direct[-1]:.1f} s, HTTP {over_http[-1]['total']:.1f} s",
+            file=sys.stderr,
+        )
+    http_totals = [job["total"] for job in over_http]
     return {
         "warm_up_seconds": warm_up,
-        "end_to_end_seconds": {"direct": direct, "http": over_http},
-        "end_to_end_median": {"direct": statistics.median(direct), "http": statistics.median(over_http)},
-        "http_over_direct": statistics.median(over_http) / statistics.median(direct),
+        "end_to_end_seconds": {"direct": direct, "http": http_totals},
+        "end_to_end_median": {"direct": statistics.median(direct), "http": statistics.median(http_totals)},
+        "http_over_direct": statistics.median(http_totals) / statistics.median(direct),
+        "http_breakdown_median": {
+            part: statistics.median(job[part] for job in over_http) for part in over_http[0]
+        },
     }
 
 
@@ -279,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
             result_rows(figures["fronts"]),
         )
     )
+    for front, measured in figures["fronts"].items():
+        if "http_breakdown_median" in measured:
+            parts = ", ".join(
+                f"{part} {seconds:.2f}" for part, seconds in measured["http_breakdown_median"].items()
+            )
+            print(f"{front}: HTTP job, medians (s): {parts}")
     print(f"result: {path}")
     return 0
 
