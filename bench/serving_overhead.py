@@ -111,7 +111,8 @@ def http_job(client: ApiClient, body: dict) -> dict[str, float]:
         "queued": run_from - created,
         "running": finished - run_from,
         "pipeline_stages": stages,
-        # All the serving layer adds: submit, queue, claim, staging, upload, the poll's lag, the download.
+        # What the serving layer adds (submit, queue, claim, upload, the poll's lag, the download), and the
+        # inputs' decoding, which the direct run does too.
         "outside_pipeline": done - started - stages,
         "seen_after_finish": seen - finished,
         "result_and_download": done - fetching,
