@@ -36,7 +36,7 @@ import httpx
 import torch
 
 from bench.report import bench_parser, table, write_result
-from loadtest.client import ApiClient, job_body
+from loadtest.client import TERMINAL, ApiClient, job_body
 from loadtest.stack import TOKEN, LocalStack, StackSettings, free_port
 from pipeline.audio import decode_audio
 from pipeline.components import load_components
@@ -85,25 +85,18 @@ def http_job(client: ApiClient, body: dict) -> dict[str, float]:
     started = time.perf_counter()
     request_id = client.submit_accepted(body)
     submitted = time.perf_counter()
-    deadline = started + JOB_TIMEOUT_S
-    while time.perf_counter() < deadline:
-        status = client.status(request_id).json()
-        if status["status"] == "completed":
-            seen = time.time()
-            break
-        if status["status"] in ("failed", "cancelled"):
-            raise RuntimeError(f"benchmark job {request_id} ended {status['status']}")
-        time.sleep(POLL_INTERVAL_S)
-    else:
-        raise RuntimeError(f"benchmark job {request_id} did not finish in {JOB_TIMEOUT_S:.0f} s")
+    outcome = client.wait_until(request_id, TERMINAL, timeout=JOB_TIMEOUT_S, poll=POLL_INTERVAL_S)
+    seen = time.time()
+    if outcome.status != "completed":
+        raise RuntimeError(f"benchmark job {request_id} ended {outcome.status}")
     fetching = time.perf_counter()
     result = client.result(request_id).json()
     client.http.get(result["output"]["video"]).raise_for_status()
     done = time.perf_counter()
     stages = sum(seconds for stage, seconds in result["timings"].items() if stage not in SERVING_STAGES)
     created, run_from, finished = (
-        datetime.fromisoformat(status[name]).timestamp()
-        for name in ("created_at", "started_at", "finished_at")
+        datetime.fromisoformat(moment).timestamp()
+        for moment in (outcome.created_at, outcome.started_at, outcome.finished_at)
     )
     return {
         "total": done - started,

@@ -57,6 +57,7 @@ class JobOutcome:
     attempt: int | None = None
     error_code: str | None = None
     created_at: str | None = None
+    started_at: str | None = None
     finished_at: str | None = None
 
     @property
@@ -72,6 +73,7 @@ class JobOutcome:
             attempt=body.get("attempt"),
             error_code=error.get("code") if isinstance(error, dict) else None,
             created_at=body.get("created_at"),
+            started_at=body.get("started_at"),
             finished_at=body.get("finished_at"),
         )
 

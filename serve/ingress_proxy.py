@@ -50,10 +50,9 @@ def ingress_environment(env: Mapping[str, str]) -> dict[str, str]:
     without an HTTP front and retry HAProxy forever.
     """
     chosen = dict(env)
-    binary = haproxy_binary()
     if HAPROXY_SWITCH not in chosen:
-        chosen[HAPROXY_SWITCH] = "1" if binary is not None else "0"
-    elif uses_haproxy(chosen) and binary is None:
+        chosen[HAPROXY_SWITCH] = "1" if haproxy_binary() is not None else "0"
+    elif uses_haproxy(chosen) and haproxy_binary() is None:
         raise HAProxyMissing(
             f"{HAPROXY_SWITCH}=1 but no HAProxy binary was found: install ray[serve] on Linux x86-64, put "
             f"haproxy on PATH or name it in {HAPROXY_BINARY_PATH}; or set {HAPROXY_SWITCH}=0 for Serve's "

@@ -4,55 +4,52 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
+import httpx
 import pytest
 
 from bench import serving_overhead
 from bench.serving_overhead import http_job, result_rows
-
-
-class Response:
-    def __init__(self, body: dict) -> None:
-        self.body = body
-
-    def json(self) -> dict:
-        return self.body
-
-    def raise_for_status(self) -> None:
-        return None
+from loadtest.client import ApiClient
 
 
 def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
 
-class FakeClient:
-    """A job that is queued for one poll, then completed with these server-side times and stage timings."""
+def job_api() -> ApiClient:
+    """The API of one job, queued for one poll, then completed with these server-side times and timings."""
+    polls = 0
 
-    def __init__(self) -> None:
-        self.polls = 0
-        self.http = SimpleNamespace(get=lambda url: Response({}))
+    def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal polls
+        path = request.url.path
+        if request.method == "POST":
+            return httpx.Response(202, json={"request_id": "job-1"})
+        if path.endswith("/status"):
+            polls += 1
+            if polls == 1:
+                return httpx.Response(200, json={"request_id": "job-1", "status": "in_queue"})
+            now = time.time()  # the job finished half a second before this poll saw it
+            times = {"created_at": now - 11.0, "started_at": now - 10.5, "finished_at": now - 0.5}
+            body = {"request_id": "job-1", "status": "completed", **{k: iso(v) for k, v in times.items()}}
+            return httpx.Response(200, json=body)
+        if path.endswith("/result"):
+            timings = {"fetch_inputs": 0.2, "sampling": 3.0, "vae_decode": 5.0, "mux": 1.0, "upload": 0.3}
+            return httpx.Response(
+                200, json={"output": {"video": "http://127.0.0.1:1/v1/outputs/x"}, "timings": timings}
+            )
+        return httpx.Response(200, content=b"mp4")
 
-    def submit_accepted(self, body: dict) -> str:
-        return "job-1"
-
-    def status(self, request_id: str) -> Response:
-        self.polls += 1
-        if self.polls == 1:
-            return Response({"status": "in_queue"})
-        now = time.time()  # the job finished half a second before this poll saw it
-        times = {"created_at": now - 11.0, "started_at": now - 10.5, "finished_at": now - 0.5}
-        return Response({"status": "completed", **{name: iso(value) for name, value in times.items()}})
-
-    def result(self, request_id: str) -> Response:
-        timings = {"fetch_inputs": 0.2, "sampling": 3.0, "vae_decode": 5.0, "mux": 1.0, "upload": 0.3}
-        return Response({"output": {"video": "http://127.0.0.1:1/v1/outputs/x"}, "timings": timings})
+    client = ApiClient("http://127.0.0.1:1", "token")
+    client.http = httpx.Client(base_url=client.base_url, transport=httpx.MockTransport(answer))
+    return client
 
 
 def test_an_http_job_splits_into_the_pipelines_stages_and_the_rest(monkeypatch) -> None:
     monkeypatch.setattr(serving_overhead, "POLL_INTERVAL_S", 0.0)
-    job = http_job(FakeClient(), {})
+    with job_api() as client:
+        job = http_job(client, {})
     assert job["queued"] == pytest.approx(0.5)
     assert job["running"] == pytest.approx(10.0)
     assert job["pipeline_stages"] == pytest.approx(9.0)  # fetching inputs and uploading are the server's
