@@ -25,7 +25,6 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.attention_dispatch import attention_backend
 from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-from bench.dit_inputs import SEED_SIZES, pass_inputs
 from bench.report import bench_parser, table, write_result
 from bench.tensor_memory import default_dtype, fake_tensors, peak_bytes
 from bench.weights_memory import GPU_GIB
@@ -37,8 +36,10 @@ from pipeline.models.transformer import InfiniteTalkTransformer3DModel
 from pipeline.pipeline import decode_chunk, predict_velocity
 from pipeline.presets import Preset, get_preset
 from pipeline.streaming import CHUNK_FRAMES
+from pipeline.warmup import pass_inputs
 from pipeline.weights.dit import build_transformer
 
+SEED_SIZES = ("720x720", "1280x720", "480x832")  # the seed API's default and two of its other sizes
 DTYPE = torch.bfloat16
 DEFAULT_TOKEN_CHUNK = 4096
 H200_GIB = 141 * 10**9 / 2**30

@@ -1,71 +1,121 @@
-"""The GPU stage: one denoising pass of the real 14B architecture (random weights), VAE decode per chunk,
-and the seed's default job end to end, against the physical limit of MODEL.md §9 (or another job:
-``--job-size``, ``--job-frames``, ``--job-cfg``; ``--job-lean`` runs it on the two-replicas-per-GPU plan).
+"""The GPU benchmark: every figure of the sampler's fast path in one run that fits one device call.
 
-Per size (one 81-frame chunk: 21 latent frames) and attention backend: seconds per pass (median of
-``--passes`` after a warm-up), achieved TFLOP/s and its share of the H100's measured bf16 matmul rate
-(790 TFLOP/s), peak GPU memory. FLOPs are counted, not estimated: the same forward runs once on the meta
-device under ``torch.utils.flop_counter.FlopCounterMode`` (no memory needed), and the count is printed
-next to MODEL.md's figure. ``--token-chunk``, ``--fuse-qkv``, ``--compile`` and ``--fp8`` add rows for the
-same model token-chunked, with fused projections, compiled, quantised (cumulative, in that order), each with
-how far its output moved; ``bench.activation_memory`` counts the peak each should have, for comparison.
-The VAE decode is timed whole, spatially tiled, with channels-last weights and in fp32.
+Phases, in order, each printing its progress and rewriting ``gpu_sampler-partial.json`` in the results
+directory as it ends, so a run stopped at its time limit still leaves what it measured:
 
-    python -m bench.gpu_sampler                                  # on a GPU: all sizes, every backend
-    python -m bench.gpu_sampler --preset tiny --device cpu --sizes 64x64 --passes 1 --skip-job  # smoke
+1. **passes**: the 14B DiT (random weights, built on the GPU in bf16) at ``--size`` (one 81-frame chunk),
+   one pass per self-attention kernel: seconds, TFLOP/s (FLOPs counted on the meta device), peak memory, and
+   the relative L2 distance of its output from the ``sdpa`` pass (the reference). The self-attention alone is
+   timed too, per kernel.
+2. **reference job**: the seed's default job (720x720, 125 frames, 7 steps, shift 11, cfg 1) end to end on
+   the eager bf16 model with ``sdpa``; its frames are what the fast jobs are compared with (PSNR).
+3. **fp8**: per ``--fp8`` mode, the DiT quantised (torchao) and one eager pass (distance from the reference),
+   and the DiT's three GEMM shapes compiled in bf16 and in each mode (the matmul speed each mode reaches once
+   its quantisation is fused).
+4. **compiled**: the fast path (``torch.compile`` d blocks, the chosen fp8 mode, the fastest kernel within
+   the accuracy bound): first-call (compile) seconds, seconds per pass, distance. With time left, compiled
+   bf16 with that kernel too.
+5. **replicas**: the in-process models are let go and ``--replicas`` worker processes each build a sampler
+   on the fast path and warm it up, as a ``num_gpus: 0.5`` replica does. Worker 0 runs the seed job alone
+   (the fast job: stage timings, peak memory, PSNR against the reference), then all run one job each at
+   once: jobs per hour of the replicas sharing the GPU against one replica running jobs back to back.
 
-On a lent GPU machine a whole run outlasts one device call; ``bench/device/gpu_bench.sh`` runs it in phases.
+    python -m bench.gpu_sampler                                       # on an H100/H200, ~8 minutes
+    python -m bench.gpu_sampler --preset tiny --device cpu --size 64x64 --job-frames 81 --fp8 weights
+                                                                      # the CPU dry run (a unit test)
+
+``bench/device/gpu_bench.sh`` runs it on a lent GPU machine that has only PyTorch, with the other packages
+carried as wheels.
 """
 
 from __future__ import annotations
 
-import functools
+import argparse
+import gc
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.activation_memory import counted_pass_gib
-from bench.dit_inputs import CHUNK_LATENT_FRAMES, SEED_SIZES, pass_inputs
 from bench.report import bench_parser, table, write_result
 from pipeline.audio import decode_audio
-from pipeline.cli import parse_size, positive_int
-from pipeline.components import apply_options, random_components
+from pipeline.cli import parse_size
+from pipeline.compilation import compile_transformer
+from pipeline.components import Components, apply_options, random_components
 from pipeline.conditioning import load_image
-from pipeline.conditioning.vae import WanVAE
+from pipeline.models.attention_kernels import AttentionKernel, attend, unusable_reason
 from pipeline.models.transformer import InfiniteTalkTransformer3DModel
 from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline, synchronize
-from pipeline.presets import Fp8Mode, get_preset
+from pipeline.presets import Fp8Mode, Preset, get_preset
 from pipeline.quantization import quantize_transformer
+from pipeline.video import to_uint8_frames
+from pipeline.warmup import pass_inputs, warm_up
 from pipeline.weights.dit import build_transformer
-from pipeline.weights.vae import build_vae
 
 ASSETS = Path(__file__).resolve().parents[1] / "pipeline" / "assets"
-# MODEL.md §9: TFLOP per pass of the 14B model for one 81-frame chunk.
-MODEL_MD_TFLOP = {"720x720": 2743.0, "1280x720": 6971.0, "480x832": 1846.0}
-H100_BF16_TFLOPS = 790.0
-# The seed default job (720x720, 125 frames = 2 chunks, 7 steps, cfg 1 = 14 passes) at ≥ 3.47 s per pass.
-DIT_LIMIT_SEED_JOB_S = 49.0
-# diffusers attention backends worth timing; hub variants (kernel downloads) are left out.
-BACKENDS = (
-    "native",
-    "_native_flash",
-    "_native_efficient",
-    "_native_cudnn",
-    "flex",
-    "xformers",
-    "flash",
-    "_flash_3",
-    "sage",
-)
+H100_BF16_TFLOPS = 790.0  # the bf16 matmul rate measured on the lent H200 (KINDS.md), the same chip as H100
+# Accuracy bounds a fast option must meet to be on by default (docs/architecture.md, "Fast path"): the
+# output of one pass within 5 % (relative L2) of the bf16 eager pass, and a whole job's frames within
+# 30 dB PSNR of the bf16 eager job's.
+PASS_DISTANCE_BOUND = 0.05
+JOB_PSNR_BOUND_DB = 30.0
+TARGET_PASS_SECONDS = 3.0
+TARGET_JOB_SECONDS = 45.0
+KERNELS = tuple(kernel for kernel in AttentionKernel if kernel is not AttentionKernel.AUTO)
+
+
+class Run:
+    """The clock, the progress lines and the partial result of one benchmark run."""
+
+    def __init__(self, results: Path, deadline_seconds: float) -> None:
+        self.started = time.perf_counter()
+        self.results = results
+        self.deadline = deadline_seconds
+        self.figures: dict[str, Any] = {"skipped": {}}
+        results.mkdir(parents=True, exist_ok=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def say(self, message: str) -> None:
+        print(f"[{self.elapsed():6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    def fits(self, phase: str, seconds: float) -> bool:
+        """Whether ``seconds`` more fit before the deadline; records a skip when not."""
+        if self.elapsed() + seconds <= self.deadline:
+            return True
+        self.figures["skipped"][phase] = (
+            f"needs ~{seconds:.0f} s, {self.deadline - self.elapsed():.0f} s left"
+        )
+        self.say(f"skipping {phase}: {self.figures['skipped'][phase]}")
+        return False
+
+    def attempt(self, phase: str, body: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``body(*args, **kwargs)``, or None with the error recorded: a phase failing must not cost the
+        phases after it."""
+        try:
+            return body(*args, **kwargs)
+        except Exception as error:
+            self.figures.setdefault("errors", {})[phase] = f"{type(error).__name__}: {error}"[:1000]
+            self.say(f"{phase} failed: {self.figures['errors'][phase]}")
+            traceback.print_exc()
+            self.save_partial()
+            return None
+
+    def save_partial(self) -> None:
+        document = {"elapsed_seconds": self.elapsed(), "figures": self.figures}
+        (self.results / "gpu_sampler-partial.json").write_text(json.dumps(document, indent=2) + "\n")
 
 
 def count_pass_flops(config: dict[str, Any], width: int, height: int) -> int:
@@ -77,372 +127,539 @@ def count_pass_flops(config: dict[str, Any], width: int, height: int) -> int:
     return counter.get_total_flops()
 
 
-@contextmanager
-def peak_memory(device: torch.device) -> Iterator[Callable[[], float | None]]:
-    """Yields a function giving the peak allocated GiB since entry (None off the GPU)."""
+def relative_distance(output: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((output.float() - reference.float()).norm() / reference.float().norm()).item()
+
+
+def psnr_db(frames: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR of uint8 frames against the reference frames, over the whole clip (inf when identical)."""
+    error = np.mean((frames.astype(np.float64) - reference.astype(np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
+
+
+def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    yield lambda: torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def time_calls(call: Callable[[], Any], device: torch.device, repeats: int) -> list[float]:
-    """Seconds per call after one warm-up call."""
-    call()
-    synchronize(device)
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def time_passes(call: Callable[[], torch.Tensor], device: torch.device, passes: int) -> tuple[list, Any]:
+    """Seconds of ``passes`` calls after one untimed call, and the untimed call's output."""
+    with torch.inference_mode():
+        output = call()
         synchronize(device)
-        seconds.append(time.perf_counter() - started)
-    return seconds
+        seconds = []
+        for _ in range(passes):
+            started = time.perf_counter()
+            call()
+            synchronize(device)
+            seconds.append(time.perf_counter() - started)
+    return seconds, output
 
 
-def time_pass(
-    model: InfiniteTalkTransformer3DModel,
-    inputs: dict[str, torch.Tensor],
-    flops: int,
-    passes: int,
-    device: torch.device,
-    countable: bool = True,
-) -> dict[str, Any]:
-    """``countable``: the model is the eager bf16 architecture ``bench.activation_memory`` counts (whole or
-    token-chunked), not fused, compiled or quantised."""
-    with peak_memory(device) as peak, torch.inference_mode():
-        seconds = time_calls(lambda: model(**inputs), device, passes)
+def pass_row(label: str, seconds: list[float], flops: int, device: torch.device) -> dict[str, Any]:
     median = statistics.median(seconds)
     return {
+        "variant": label,
         "seconds_per_pass": median,
         "all_seconds": seconds,
         "tflops": flops / median / 1e12,
-        "peak_gib": peak(),
-        "counted_peak_gib": counted_peak_gib(model, inputs, device) if countable else None,
+        "peak_gib": peak_gib(device),
     }
 
 
-def counted_peak_gib(
-    model: InfiniteTalkTransformer3DModel, inputs: dict[str, torch.Tensor], device: torch.device
-) -> float | None:
-    """What ``bench.activation_memory`` predicts ``peak_gib`` to be: the bytes on the GPU before the pass
-    (weights, inputs) plus the pass's activations counted on fake tensors (bf16, whole or token-chunked as
-    the model is)."""
-    if device.type != "cuda":
-        return None
-    *_, height, width = inputs["hidden_states"].shape
-    config = json.dumps(dict(model.config), sort_keys=True)
-    activations = _counted_activations(config, f"{width * 8}x{height * 8}", model.blocks[0].token_chunk)
-    return torch.cuda.memory_allocated(device) / 2**30 + activations
-
-
-@functools.cache
-def _counted_activations(config: str, size: str, token_chunk: int | None) -> float:
-    # Once per size and chunk, not per backend: a count runs the 14B forward on fake tensors.
-    return counted_pass_gib(json.loads(config), size, token_chunk)
-
-
-def bench_passes(
+def bench_eager_kernels(
+    run: Run,
     model: InfiniteTalkTransformer3DModel,
-    config: dict[str, Any],
-    size: str,
+    inputs: dict[str, torch.Tensor],
     flops: int,
-    backends: list[str],
+    kernels: list[AttentionKernel],
     passes: int,
     device: torch.device,
-    dtype: torch.dtype,
-) -> list[dict[str, Any]]:
-    inputs = pass_inputs(config, *parse_size(size), device, dtype)
-    rows = []
-    for backend in backends:
-        row: dict[str, Any] = {"size": size, "backend": backend, "flops": flops}
+) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """One row per kernel; the reference (``sdpa``) first, with more timed passes than the others."""
+    rows: list[dict[str, Any]] = []
+    reference: torch.Tensor | None = None
+    head_dim = model.config.attention_head_dim
+    for kernel in [AttentionKernel.SDPA, *(k for k in kernels if k is not AttentionKernel.SDPA)]:
+        label = f"eager {str(inputs['hidden_states'].dtype).removeprefix('torch.')}, {kernel.value}"
+        reason = unusable_reason(kernel, device, head_dim)
+        if reason is not None:
+            rows.append({"variant": label, "kernel": kernel.value, "error": reason})
+            run.say(f"{label}: not usable here ({reason})")
+            continue
         try:
-            model.set_attention_backend(backend)
-            row |= time_pass(model, inputs, flops, passes, device)
-        except Exception as error:  # one backend missing or failing must not end the run
-            row["error"] = f"{type(error).__name__}: {error}"[:300]
+            model.set_attention_kernel(kernel)
+            reset_peak(device)
+            timed = passes if reference is None else max(1, passes - 1)
+            seconds, output = time_passes(lambda: model(**inputs), device, timed)
+        except Exception as error:  # one kernel failing must not end the run
+            rows.append(
+                {"variant": label, "kernel": kernel.value, "error": f"{type(error).__name__}: {error}"}
+            )
+            run.say(f"{label}: failed ({rows[-1]['error'][:200]})")
+            continue
+        row = pass_row(label, seconds, flops, device) | {"kernel": kernel.value}
+        if reference is None:
+            reference = output.float()
+        row["relative_distance"] = relative_distance(output, reference)
         rows.append(row)
-        print(_pass_line(row), file=sys.stderr)
-    model.set_attention_backend("native")
-    return rows
+        run.say(f"{label}: {row['seconds_per_pass']:.3f} s/pass, moved {row['relative_distance']:.4f}")
+    model.set_attention_kernel(AttentionKernel.SDPA)
+    if reference is None:
+        raise RuntimeError("the reference pass (sdpa) failed")
+    return rows, reference
 
 
-def bench_variant(
-    model: InfiniteTalkTransformer3DModel,
-    config: dict[str, Any],
-    flops_per_size: dict[str, int],
-    label: str,
-    change: Callable[[InfiniteTalkTransformer3DModel], Any],
-    passes: int,
-    device: torch.device,
-    countable: bool,
+def bench_attention_alone(
+    config: dict[str, Any], tokens: int, kernels: list[AttentionKernel], device: torch.device, dtype
 ) -> list[dict[str, Any]]:
-    """Apply ``change`` to ``model`` in place (compile it, quantise it), then time a pass per size on the
-    inputs the model saw just before, and report how far the output moved (relative L2 distance). The
-    first call after the change (compilation, autotuning) is timed on its own."""
-    dtype = model.dtype
-    inputs = {size: pass_inputs(config, *parse_size(size), device, dtype) for size in flops_per_size}
-    with torch.inference_mode():
-        references = {size: model(**inputs[size]).float() for size in flops_per_size}
-    change(model)
+    """The self-attention of one block alone, per kernel: milliseconds per call (median of 5 after 2)."""
+    heads, head_dim = config["num_attention_heads"], config["attention_head_dim"]
+    query, key, value = (torch.randn(1, tokens, heads, head_dim, device=device, dtype=dtype) for _ in "qkv")
+    flops = 4 * tokens * tokens * heads * head_dim
     rows = []
-    for size, flops in flops_per_size.items():
-        row: dict[str, Any] = {"size": size, "backend": f"native, {label}", "variant": label, "flops": flops}
-        with torch.inference_mode():
-            started = time.perf_counter()
-            output = model(**inputs[size]).float()
-            synchronize(device)
-        row["first_call_seconds"] = time.perf_counter() - started
-        row |= time_pass(model, inputs[size], flops, passes, device, countable)
-        reference = references.pop(size)
-        row["relative_difference"] = ((output - reference).norm() / reference.norm()).item()
-        rows.append(row)
-        print(_pass_line(row), file=sys.stderr)
+    for kernel in kernels:
+        if unusable_reason(kernel, device, head_dim) is not None:
+            continue
+        if kernel is AttentionKernel.SDPA:
+            call = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
+                *(t.transpose(1, 2) for t in (query, key, value))
+            )
+        else:
+            call = lambda kernel=kernel: attend(query, key, value, kernel)  # noqa: E731
+        try:
+            seconds, _ = time_passes(call, device, 5)
+        except Exception as error:
+            rows.append({"kernel": kernel.value, "error": f"{type(error).__name__}: {error}"[:300]})
+            continue
+        median = statistics.median(seconds)
+        rows.append({"kernel": kernel.value, "milliseconds": median * 1e3, "tflops": flops / median / 1e12})
     return rows
 
 
-def _difference_note(row: dict[str, Any]) -> str:
-    return f"output moved {row['relative_difference']:.4f}" if "relative_difference" in row else ""
+def bench_gemms(
+    config: dict[str, Any], tokens: int, modes: list[Fp8Mode], device: torch.device, dtype: torch.dtype
+) -> list[dict[str, Any]]:
+    """A block's three GEMM shapes (d x d projections, the FFN's d x ffn and ffn x d) at ``tokens`` rows,
+    compiled, in bf16 and in each fp8 mode: how fast each mode's matmuls run once its activation quantisation
+    is fused, which eager fp8 passes do not show. One compiled module per mode."""
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    shapes = [(dim, dim), (dim, config["ffn_dim"]), (config["ffn_dim"], dim)]
+    flops = sum(2 * tokens * inner * outer for inner, outer in shapes)
+    activations = [torch.randn(tokens, inner, device=device, dtype=dtype) for inner, _ in shapes]
+    rows = []
+    for mode in [Fp8Mode.OFF, *modes]:
+        gemms = _Gemms([torch.nn.Linear(i, o, device=device, dtype=dtype) for i, o in shapes])
+        try:
+            quantize_transformer(gemms, mode)
+            compiled = torch.compile(gemms, fullgraph=True, dynamic=False)
+            seconds, _ = time_passes(lambda c=compiled: c(activations), device, 10)
+        except Exception as error:  # a mode this device lacks must not end the run
+            rows.append({"fp8": mode.value, "error": f"{type(error).__name__}: {error}"[:300]})
+            continue
+        median = statistics.median(seconds)
+        rows.append({"fp8": mode.value, "milliseconds": median * 1e3, "tflops": flops / median / 1e12})
+    return rows
 
 
-def _pass_line(row: dict[str, Any]) -> str:
-    if "error" in row:
-        return f"{row['size']} {row['backend']}: skipped ({row['error']})"
-    return (
-        f"{row['size']} {row['backend']}: {row['seconds_per_pass']:.3f} s/pass, {row['tflops']:.1f} TFLOP/s"
-    )
+class _Gemms(torch.nn.Module):
+    """Linear layers under ``blocks.``, so ``quantize_transformer``'s filter takes them as in the DiT."""
+
+    def __init__(self, layers: list[torch.nn.Linear]) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(layers)
+
+    def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [layer(x) for layer, x in zip(self.blocks, inputs, strict=True)]
 
 
-VAE_LAYOUTS = ("whole", "tiled", "channels-last", "fp32")
+def choose_kernel(rows: list[dict[str, Any]]) -> AttentionKernel:
+    """The fastest eager kernel within ``PASS_DISTANCE_BOUND``."""
+    usable = [row for row in rows if "error" not in row and row["relative_distance"] <= PASS_DISTANCE_BOUND]
+    return AttentionKernel(min(usable, key=lambda row: row["seconds_per_pass"])["kernel"])
 
 
-def _conv3d_weights_to(vae: WanVAE, memory_format: torch.memory_format) -> None:
-    # Module.to(memory_format=channels_last_3d) refuses the VAE's 2-D convolutions; only 3-D ones take it.
-    for module in vae.model.modules():
-        if isinstance(module, torch.nn.Conv3d):
-            module.weight.data = module.weight.data.contiguous(memory_format=memory_format)
+def choose_fp8(rows: list[dict[str, Any]], gemms: list[dict[str, Any]]) -> Fp8Mode:
+    """Among the modes within ``PASS_DISTANCE_BOUND``, the closest of those within 3 % of the fastest
+    compiled GEMMs; ``off`` when none is within the bound or none beats bf16's GEMMs."""
+    speed = {row["fp8"]: row["milliseconds"] for row in gemms if "error" not in row}
+    within = [
+        row
+        for row in rows
+        if "error" not in row
+        and row["relative_distance"] <= PASS_DISTANCE_BOUND
+        and speed.get(row["fp8"], float("inf")) < speed.get(Fp8Mode.OFF.value, float("inf"))
+    ]
+    if not within:
+        return Fp8Mode.OFF
+    fastest = min(speed[row["fp8"]] for row in within)
+    close_enough = [row for row in within if speed[row["fp8"]] <= 1.03 * fastest]
+    return Fp8Mode(min(close_enough, key=lambda row: row["relative_distance"])["fp8"])
 
 
-@contextmanager
-def vae_layout(vae: WanVAE, how: str) -> Iterator[None]:
-    """``tiled``: diffusers' spatial tiling; ``channels-last``: the 3-D conv weights in channels_last_3d (the
-    layout cuDNN's 3-D convolutions may prefer); ``fp32``: the VAE in float32, as the reference decodes (the
-    pipeline runs it in the model's dtype, bf16 on a GPU). The VAE is left as it was found."""
-    dtype = vae.dtype
-    if how == "tiled":
-        vae.enable_tiling()
-    elif how == "channels-last":
-        _conv3d_weights_to(vae, torch.channels_last_3d)
-    elif how == "fp32":
-        vae.model.float()
-    try:
-        yield
-    finally:
-        vae.disable_tiling()
-        _conv3d_weights_to(vae, torch.contiguous_format)
-        vae.model.to(dtype)
-
-
-def bench_vae_decode(vae: WanVAE, size: str, device: torch.device, repeats: int) -> list[dict[str, Any]]:
-    """One chunk's decode per ``VAE_LAYOUTS``: time, peak memory, and the largest pixel difference from the
-    whole decode (pixels in [-1, 1])."""
+def seed_request(size: str, frames: int) -> GenerationRequest:
     width, height = parse_size(size)
-    latent = torch.randn(
-        1, vae.latent_channels, CHUNK_LATENT_FRAMES, height // 8, width // 8, device=device
-    ).to(vae.dtype)
-    rows, outputs = [], []
-    for how in VAE_LAYOUTS:
-        with vae_layout(vae, how), peak_memory(device) as peak, torch.inference_mode():
-            seconds = time_calls(lambda: vae.decode(latent), device, repeats)
-            outputs.append(vae.decode(latent))
-        rows.append(
-            {
-                "size": size,
-                "how": how,
-                "seconds_per_chunk": statistics.median(seconds),
-                "all_seconds": seconds,
-                "peak_gib": peak(),
-                "max_abs_difference": (outputs[-1] - outputs[0]).abs().max().item(),
-            }
-        )
-    return rows
-
-
-# The plan that fits two replicas on one 80 GB GPU (bench.activation_memory, docs/kubernetes.md).
-LEAN_OPTIONS: dict[str, Any] = {
-    "fp8": Fp8Mode.WEIGHTS,
-    "token_chunk": 4096,
-    "vae_tiling": True,
-    "batch_guidance": False,
-}
-SEED_JOB = {"size": "720x720", "frames": 125, "cfg": 1.0}  # with the request's defaults: 7 steps, shift 11
-
-
-def bench_job(
-    preset_name: str,
-    device: torch.device,
-    dtype: torch.dtype,
-    out: Path,
-    job: dict[str, Any],
-    options: dict[str, Any],
-) -> dict[str, Any]:
-    """One job end to end, every stage, after a warm-up job (kernel selection, allocator); its peak GPU
-    memory holds the whole sampler replica plus wav2vec2, which a deployment keeps on the AudioEncoder."""
-    components = apply_options(random_components(preset_name, device=device, dtype=dtype), **options)
-    pipe = InfiniteTalkPipeline(components)
-    width, height = parse_size(job["size"])
-    request = GenerationRequest(
+    return GenerationRequest(
         image=load_image(ASSETS / "portrait.png"),
         speech=decode_audio(ASSETS / "speech.wav"),
         prompt="a woman is talking",
         width=width,
         height=height,
-        frames=job["frames"],
-        cfg=job["cfg"],
+        frames=frames,
     )
-    pipe.generate_to_file(request, out)
+
+
+def run_job(
+    components: Components, request: GenerationRequest, out: Path
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One job end to end (every stage, the MP4 written); its figures and its frames."""
+    device = components.device
+    reset_peak(device)
+    started = time.perf_counter()
+    output = InfiniteTalkPipeline(components).generate_to_file(request, out)
     synchronize(device)
-    with peak_memory(device) as peak:
+    seconds = time.perf_counter() - started
+    figures = {"seconds": seconds, "stages": output.timings, "peak_gib": peak_gib(device)}
+    return figures, to_uint8_frames(output.video)
+
+
+@dataclass
+class Setting:
+    """What every phase of one run works on."""
+
+    run: Run
+    device: torch.device
+    dtype: torch.dtype
+    preset: Preset
+    size: str
+    passes: int
+    scratch: Path
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.preset.transformer)
+
+    def build_dit(self) -> InfiniteTalkTransformer3DModel:
+        return build_transformer(self.config, self.preset.random_seed, device=self.device, dtype=self.dtype)
+
+
+@dataclass
+class Reference:
+    """The eager bf16 ``sdpa`` pass every variant is compared with, and what it ran on."""
+
+    inputs: dict[str, torch.Tensor]
+    output: torch.Tensor
+    flops: int
+
+    @property
+    def tokens(self) -> int:
+        frames, height, width = self.inputs["hidden_states"].shape[2:]
+        return frames * (height // 2) * (width // 2)
+
+
+def phase_passes(
+    setting: Setting, model: InfiniteTalkTransformer3DModel, kernels: list[AttentionKernel]
+) -> tuple[Reference, AttentionKernel]:
+    figures, run = setting.run.figures, setting.run
+    width, height = parse_size(setting.size)
+    flops = count_pass_flops(setting.config, width, height)
+    figures["pass_tflop"] = flops / 1e12
+    run.say(f"one pass at {setting.size}: {flops / 1e12:.0f} TFLOP counted")
+    inputs = pass_inputs(setting.config, width, height, setting.device, setting.dtype)
+    figures["passes"], output = bench_eager_kernels(
+        run, model, inputs, flops, kernels, setting.passes, setting.device
+    )
+    reference = Reference(inputs, output, flops)
+    figures["attention_alone"] = bench_attention_alone(
+        setting.config, reference.tokens, kernels, setting.device, setting.dtype
+    )
+    kernel = choose_kernel(figures["passes"])
+    figures["chosen_kernel"] = kernel.value
+    run.say(f"fastest kernel within {PASS_DISTANCE_BOUND}: {kernel.value}")
+    run.save_partial()
+    return reference, kernel
+
+
+def phase_reference_job(setting: Setting, model: InfiniteTalkTransformer3DModel, frames: int) -> None:
+    run = setting.run
+    run.say("building umT5, CLIP, the VAE and wav2vec2 on the device")
+    components = random_components(setting.preset.name, device=setting.device, dtype=setting.dtype)
+    components.transformer = model
+    request = seed_request(setting.size, frames)
+    run.figures["reference_job"], reference_frames = run_job(
+        components, request, setting.scratch / "reference.mp4"
+    )
+    np.save(setting.scratch / "reference.npy", reference_frames)
+    run.say(f"reference job (eager bf16, sdpa): {run.figures['reference_job']['seconds']:.1f} s")
+    run.save_partial()
+
+
+def phase_fp8(
+    setting: Setting, reference: Reference, modes: list[Fp8Mode]
+) -> tuple[Fp8Mode, InfiniteTalkTransformer3DModel | None]:
+    """Each mode's eager pass and compiled GEMMs; the chosen mode and its quantised DiT (None for off)."""
+    run, device = setting.run, setting.device
+    rows, models = [], {}
+    for mode in modes:
+        label = f"eager fp8 {mode.value}, sdpa"
+        try:
+            quantized = setting.build_dit()
+            quantize_transformer(quantized, mode)
+            reset_peak(device)
+            seconds, output = time_passes(lambda q=quantized: q(**reference.inputs), device, 1)
+        except Exception as error:  # a mode this device lacks must not end the run
+            rows.append({"variant": label, "fp8": mode.value, "error": f"{type(error).__name__}: {error}"})
+            run.say(f"{label}: failed ({rows[-1]['error'][:200]})")
+            continue
+        row = pass_row(label, seconds, reference.flops, device) | {"fp8": mode.value}
+        row["relative_distance"] = relative_distance(output, reference.output)
+        rows.append(row)
+        models[mode] = quantized
+        run.say(f"{label}: {row['seconds_per_pass']:.3f} s/pass, moved {row['relative_distance']:.4f}")
+    run.figures["passes"] += rows
+    run.figures["gemms"] = bench_gemms(setting.config, reference.tokens, modes, device, setting.dtype)
+    chosen = choose_fp8(rows, run.figures["gemms"])
+    run.figures["chosen_fp8"] = chosen.value
+    run.say(f"fp8 mode within {PASS_DISTANCE_BOUND}, fastest on the compiled GEMMs: {chosen.value}")
+    run.save_partial()
+    return chosen, models.get(chosen)
+
+
+def phase_compiled(
+    setting: Setting,
+    reference: Reference,
+    variants: list[tuple[str, InfiniteTalkTransformer3DModel]],
+    kernel: AttentionKernel,
+    reserve_seconds: float,
+) -> None:
+    """Compile each variant in place with ``kernel``; the first is the fast path, the others run only when
+    they fit before the deadline with ``reserve_seconds`` left for the replicas."""
+    run, device = setting.run, setting.device
+    for index, (label, model) in enumerate(variants):
+        if index and not run.fits(label, 90.0 + reserve_seconds):
+            continue
+        model.set_attention_kernel(kernel)
+        compile_transformer(model)
+        reset_peak(device)
         started = time.perf_counter()
-        output = pipe.generate_to_file(request, out)
+        with torch.inference_mode():
+            output = model(**reference.inputs)
         synchronize(device)
-        total = time.perf_counter() - started
-    figures = {
-        "job": job,
-        "options": dict(components.identities),
-        "seconds": total,
-        "stages": output.timings,
-        "peak_gib": peak(),
-    }
-    if job == SEED_JOB:
-        figures["over_dit_limit"] = total / DIT_LIMIT_SEED_JOB_S
-    return figures
+        first_call = time.perf_counter() - started
+        seconds, _ = time_passes(lambda m=model: m(**reference.inputs), device, setting.passes)
+        row = pass_row(label, seconds, reference.flops, device)
+        row |= {"kernel": kernel.value, "first_call_seconds": first_call}
+        row["relative_distance"] = relative_distance(output, reference.output)
+        run.figures["passes"].append(row)
+        run.say(
+            f"{label}: first call {first_call:.0f} s, {row['seconds_per_pass']:.3f} s/pass, "
+            f"moved {row['relative_distance']:.4f}"
+        )
+        run.save_partial()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser("python -m bench.gpu_sampler", __doc__)
     parser.add_argument("--preset", default="infinitetalk-14b")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--sizes", default=",".join(SEED_SIZES), help="comma-separated WxH")
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated diffusers backends")
-    parser.add_argument("--passes", type=int, default=3, help="timed passes per size and backend")
-    parser.add_argument(
-        "--token-chunk",
-        type=positive_int,
-        help="after the bf16 passes, run the DiT's token-wise work N tokens at a time and time it again",
-    )
-    parser.add_argument(
-        "--fuse-qkv",
-        action="store_true",
-        help="then fuse the attention projections (diffusers) and time it again",
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="then torch.compile the DiT blocks and time it again (native attention)",
-    )
-    parser.add_argument(
-        "--fp8",
-        choices=[mode.value for mode in Fp8Mode if mode is not Fp8Mode.OFF],
-        help="then quantise the DiT and time it again (native attention)",
-    )
-    parser.add_argument("--skip-passes", action="store_true", help="no DiT pass timings")
-    parser.add_argument("--skip-vae", action="store_true")
-    parser.add_argument("--skip-job", action="store_true")
-    parser.add_argument("--job-size", default=SEED_JOB["size"], help="the job's WxH (default the seed's)")
-    parser.add_argument("--job-frames", type=positive_int, default=SEED_JOB["frames"])
-    parser.add_argument("--job-cfg", type=float, default=SEED_JOB["cfg"])
-    parser.add_argument(
-        "--job-lean",
-        action="store_true",
-        help="run the job on fp8 weights, token chunk 4096, a tiled VAE, guidance one pass at a time",
-    )
+    parser.add_argument("--size", default="720x720", help="WxH of the passes and jobs (the seed's default)")
+    parser.add_argument("--kernels", default=",".join(k.value for k in KERNELS), help="comma-separated")
+    parser.add_argument("--passes", type=int, default=2, help="timed passes per variant (the reference: +1)")
+    parser.add_argument("--fp8", default="dynamic,dynamic-tensorwise", help="comma-separated fp8 modes")
+    parser.add_argument("--job-frames", type=int, default=125, help="frames of each job (the seed's: 125)")
+    parser.add_argument("--replicas", type=int, default=2, help="worker processes sharing the device")
+    parser.add_argument("--no-compiled-bf16", action="store_true", help="skip the compiled bf16 row")
+    parser.add_argument("--deadline-seconds", type=float, default=540.0, help="skip what would not fit")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # a replica process of phase 5
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        return replica_worker(args.worker, args.worker_index)
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    preset = get_preset(args.preset)
-    config = dict(preset.transformer)
-    sizes = [size.strip() for size in args.sizes.split(",") if size.strip()]
-    figures: dict[str, Any] = {"preset": preset.name, "dtype": str(dtype), "passes": []}
-    if not args.skip_passes:
-        model = build_transformer(config, preset.random_seed, device=device, dtype=dtype)
-        flops_per_size = {size: count_pass_flops(config, *parse_size(size)) for size in sizes}
-        for size, flops in flops_per_size.items():
-            figures["passes"] += bench_passes(
-                model, config, size, flops, args.backends.split(","), args.passes, device, dtype
-            )
-        # (label, change, still the architecture bench.activation_memory counts)
-        variants: list[tuple[str, Callable[[InfiniteTalkTransformer3DModel], Any], bool]] = []
-        if args.token_chunk:
-            chunk = args.token_chunk
-            variants.append((f"token chunk {chunk}", lambda model: model.set_token_chunk(chunk), True))
-        if args.fuse_qkv:
-            variants.append(("fused QKV", lambda model: model.fuse_qkv_projections(), False))
-        if args.compile:
-            variants.append(("compiled", lambda model: model.compile_repeated_blocks(fullgraph=True), False))
-        if args.fp8:
-            variants.append((f"fp8 {args.fp8}", lambda model: quantize_transformer(model, args.fp8), False))
-        countable = True
-        for label, change, keeps_architecture in variants:  # cumulative: fp8 rows of a compiled run too
-            countable = countable and keeps_architecture
-            figures["passes"] += bench_variant(
-                model, config, flops_per_size, label, change, args.passes, device, countable
-            )
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    if not args.skip_vae:
-        vae = build_vae(preset.vae, preset.random_seed).to(device, dtype)
-        figures["vae_decode"] = [
-            row for size in sizes for row in bench_vae_decode(vae, size, device, args.passes)
-        ]
-        del vae
-    if not args.skip_job:
-        with tempfile.TemporaryDirectory(prefix="bench-seed-job-") as scratch:
-            job = {"size": args.job_size, "frames": args.job_frames, "cfg": args.job_cfg}
-            options = LEAN_OPTIONS if args.job_lean else {}
-            figures["job"] = bench_job(args.preset, device, dtype, Path(scratch) / "job.mp4", job, options)
-    path = write_result("gpu_sampler", figures, args.results)
+    run = Run(args.results, args.deadline_seconds)
+    setting = Setting(
+        run=run,
+        device=device,
+        dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+        preset=get_preset(args.preset),
+        size=args.size,
+        passes=args.passes,
+        scratch=Path(tempfile.mkdtemp(prefix="gpu-sampler-")),
+    )
+    run.figures.update(
+        preset=setting.preset.name,
+        dtype=str(setting.dtype),
+        size=args.size,
+        job_frames=args.job_frames,
+        bounds={"pass_relative_distance": PASS_DISTANCE_BOUND, "job_psnr_db": JOB_PSNR_BOUND_DB},
+    )
+    run.say(f"building the DiT ({setting.preset.name}) on {device} in {setting.dtype}")
+    model = setting.build_dit()
+    kernels = [AttentionKernel(name.strip()) for name in args.kernels.split(",") if name.strip()]
+    reference, kernel = phase_passes(setting, model, kernels)
+    run.attempt("reference job", phase_reference_job, setting, model, args.job_frames)
+    fp8_modes = [Fp8Mode(name.strip()) for name in args.fp8.split(",") if name.strip()]
+    chosen = run.attempt("fp8", phase_fp8, setting, reference, fp8_modes)
+    fp8, quantized = chosen or (Fp8Mode.OFF, None)
+    variants = [(f"compiled bf16, {kernel.value}", model)]
+    if quantized is not None:
+        variants.insert(0, (f"compiled fp8 {fp8.value}, {kernel.value}", quantized))
+        if args.no_compiled_bf16:
+            variants.pop()
+    run.attempt("compiled", phase_compiled, setting, reference, variants, kernel, reserve_seconds=220.0)
+    del model, quantized, variants, reference
+    torch._dynamo.reset()  # its caches hold the compiled models
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    spec = {
+        "preset": setting.preset.name,
+        "device": args.device,
+        "size": args.size,
+        "frames": args.job_frames,
+        "fp8": fp8.value,
+        "attention": kernel.value,
+        "replicas": args.replicas,
+    }
+    run.figures["replicas"] = run_replicas(run, setting.scratch, spec)
+    run.save_partial()
+    path = write_result("gpu_sampler", run.figures, args.results)
+    print(summary(run.figures))
+    print(f"result: {path}")
+    return 0
+
+
+# -- replicas -----------------------------------------------------------------------------------------------
+
+
+def run_replicas(run: Run, scratch: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """Start the workers, let worker 0 run a job alone, then all of them at once; their figures."""
+    (scratch / "spec.json").write_text(json.dumps(spec))
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.gpu_sampler",
+                "--worker",
+                str(scratch),
+                "--worker-index",
+                str(index),
+            ],
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        for index in range(spec["replicas"])
+    ]
+    figures: dict[str, Any] = {"spec": spec}
+    try:
+        figures["ready"] = _wait_for(run, scratch, [f"ready-{i}" for i in range(len(workers))], workers)
+        run.say("replicas ready; worker 0 runs the seed job alone")
+        (scratch / "go-solo").touch()
+        (solo,) = _wait_for(run, scratch, ["solo-0"], workers)
+        figures["solo"] = solo
+        run.say(f"one replica alone: {solo['seconds']:.1f} s per job; now {len(workers)} at once")
+        started = time.perf_counter()
+        (scratch / "go-shared").touch()
+        shared = _wait_for(run, scratch, [f"shared-{i}" for i in range(len(workers))], workers)
+        wall = time.perf_counter() - started
+        figures["shared"] = {"wall_seconds": wall, "jobs": shared}
+        figures["jobs_per_hour_one_replica"] = 3600.0 / solo["seconds"]
+        figures["jobs_per_hour_shared"] = 3600.0 * len(workers) / wall
+        figures["shared_over_one"] = figures["jobs_per_hour_shared"] / figures["jobs_per_hour_one_replica"]
+    except (RuntimeError, TimeoutError) as error:
+        figures["error"] = str(error)
+        run.say(f"replicas: {error}")
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    return figures
+
+
+def _wait_for(run: Run, scratch: Path, names: list[str], workers: list[subprocess.Popen]) -> list[dict]:
+    while True:
+        if all((scratch / f"{name}.json").exists() for name in names):
+            return [json.loads((scratch / f"{name}.json").read_text()) for name in names]
+        failed = [i for i, worker in enumerate(workers) if worker.poll() not in (None, 0)]
+        if failed:
+            raise RuntimeError(f"worker(s) {failed} exited with an error while waiting for {names}")
+        if run.elapsed() > run.deadline + 30:
+            raise TimeoutError(f"deadline passed while waiting for {names}")
+        time.sleep(0.2)
+
+
+def replica_worker(scratch: Path, index: int) -> int:
+    """One sampler replica: build on the fast path, warm up, then run the jobs the orchestrator releases."""
+    spec = json.loads((scratch / "spec.json").read_text())
+    started = time.perf_counter()
+    components = random_components(spec["preset"], device=spec["device"])
+    apply_options(components, fp8=spec["fp8"], attention=spec["attention"], compile=True)
+    built = time.perf_counter() - started
+    width, height = parse_size(spec["size"])
+    warmed = warm_up(components, [(width, height)])
+    _write(scratch, f"ready-{index}", {"build_seconds": built, "warmup_seconds": warmed})
+    request = seed_request(spec["size"], spec["frames"])
+    reference_file = scratch / "reference.npy"
+    reference = np.load(reference_file) if reference_file.exists() else None  # None: its job failed
+    rounds = ["solo", "shared"] if index == 0 else ["shared"]
+    for name in rounds:
+        while not (scratch / f"go-{name}").exists():
+            time.sleep(0.05)
+        figures, frames = run_job(components, request, scratch / f"{name}-{index}.mp4")
+        if reference is not None:
+            figures["psnr_db_vs_reference"] = psnr_db(frames, reference)
+        _write(scratch, f"{name}-{index}", figures)
+    return 0
+
+
+def _write(scratch: Path, name: str, figures: dict[str, Any]) -> None:
+    temporary = scratch / f"{name}.json.tmp"
+    temporary.write_text(json.dumps(figures))
+    temporary.rename(scratch / f"{name}.json")
+
+
+# -- the table -----------------------------------------------------------------------------------------------
+
+
+def summary(figures: dict[str, Any]) -> str:
     rows = [
         (
-            row["size"],
-            row["backend"],
+            row["variant"],
             row.get("seconds_per_pass"),
             row.get("tflops"),
             100 * row["tflops"] / H100_BF16_TFLOPS if "tflops" in row else None,
+            row.get("relative_distance"),
             row.get("peak_gib"),
-            row.get("counted_peak_gib"),
-            row["flops"] / 1e12,
-            MODEL_MD_TFLOP.get(row["size"]),
-            row["error"][:40] if "error" in row else _difference_note(row),
+            row.get("first_call_seconds"),
+            row.get("error", "")[:50],
         )
         for row in figures["passes"]
     ]
-    headers = [
-        "size",
-        "backend",
-        "s/pass",
-        "TFLOP/s",
-        "% of 790",
-        "peak GiB",
-        "counted GiB",
-        "TFLOP counted",
-        "MODEL.md",
-        "note",
-    ]
-    if rows:
-        print(table(headers, rows))
-    for vae in figures.get("vae_decode", []):
-        peak = f", peak {vae['peak_gib']:.1f} GiB" if vae["peak_gib"] is not None else ""
-        print(
-            f"VAE decode {vae['size']} {vae['how']}: {vae['seconds_per_chunk']:.2f} s per 81-frame chunk"
-            f"{peak}, pixels moved ≤ {vae['max_abs_difference']:.4f}"
+    headers = ["pass", "s/pass", "TFLOP/s", "% of 790", "distance", "peak GiB", "first call s", "note"]
+    lines = [table(headers, rows)]
+    reference = figures.get("reference_job")
+    if reference:
+        lines.append(
+            f"reference job (eager bf16, sdpa): {reference['seconds']:.1f} s, peak {reference['peak_gib']}"
         )
-    if "job" in figures:
-        job = figures["job"]
-        peak = f", peak {job['peak_gib']:.1f} GiB" if job["peak_gib"] is not None else ""
-        limit = f", {job['over_dit_limit']:.2f}x the 49 s DiT limit" if "over_dit_limit" in job else ""
-        print(f"job {job['job']}: {job['seconds']:.1f} s end to end{peak}{limit}")
-    print(f"result: {path}")
-    return 0
+    replicas = figures.get("replicas", {})
+    if "solo" in replicas:
+        solo = replicas["solo"]
+        lines.append(
+            f"fast job (one replica): {solo['seconds']:.1f} s (target {TARGET_JOB_SECONDS:.0f}), peak "
+            f"{solo['peak_gib']}, PSNR {solo.get('psnr_db_vs_reference')} dB vs the reference job"
+        )
+    if "shared_over_one" in replicas:
+        shared, one = replicas["jobs_per_hour_shared"], replicas["jobs_per_hour_one_replica"]
+        lines.append(
+            f"{replicas['spec']['replicas']} replicas sharing the device: {shared:.0f} jobs/h vs {one:.0f} "
+            f"for one running jobs back to back: {replicas['shared_over_one']:.2f}x"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

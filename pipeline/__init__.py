@@ -3,3 +3,7 @@
 Heavy parts (torch models) are imported by the modules that need them; ``pipeline.audio.decode_audio`` and
 ``pipeline.conditioning.load_image`` stay light so a web front end can probe media with them.
 """
+
+from pipeline import _torchao_gate
+
+_torchao_gate.install()

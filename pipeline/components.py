@@ -9,9 +9,11 @@ from pathlib import Path
 import torch
 
 from pipeline.audio import InfiniteTalkWav2Vec2
+from pipeline.compilation import compile_transformer
 from pipeline.conditioning import ClipImageEncoder, TextEncoder, WanVAE, build_tiny_tokenizer, load_tokenizer
 from pipeline.errors import InputError, WeightsError
 from pipeline.models import InfiniteTalkTransformer3DModel
+from pipeline.models.attention_kernels import AttentionKernel, resolve_kernel
 from pipeline.models.transformer import check_token_chunk
 from pipeline.presets import Fp8Mode, Preset, get_preset
 from pipeline.quantization import quantize_transformer
@@ -77,13 +79,17 @@ def load_components(
     token_chunk: int | None = None,
     vae_tiling: bool = False,
     batch_guidance: bool = True,
+    attention: AttentionKernel | str = AttentionKernel.SDPA,
+    compile: bool = False,
 ) -> Components:
     """The tiny preset builds random weights from its fixed seed; the 14B preset loads ``weights_dir``.
 
     ``fp8`` quantises the DiT's block linears after loading (and after LoRAs are merged), see
     ``pipeline.quantization``. ``token_chunk``, ``vae_tiling`` and ``batch_guidance=False`` lower the
     activation peak (the same DiT output; the tiled VAE blends tile seams); what each saves is counted by
-    ``python -m bench.activation_memory``.
+    ``python -m bench.activation_memory``. ``attention`` picks the self-attention kernel
+    (``pipeline.models.attention_kernels``; ``auto``: the fastest this device runs) and ``compile`` compiles
+    the DiT's blocks (``pipeline.compilation``; warm it up with ``pipeline.warmup.warm_up``).
     """
     preset = get_preset(preset_name)
     device = resolve_device(device)
@@ -106,6 +112,8 @@ def load_components(
         token_chunk=token_chunk,
         vae_tiling=vae_tiling,
         batch_guidance=batch_guidance,
+        attention=attention,
+        compile=compile,
     )
 
 
@@ -116,12 +124,21 @@ def apply_options(
     token_chunk: int | None = None,
     vae_tiling: bool = False,
     batch_guidance: bool = True,
+    attention: AttentionKernel | str = AttentionKernel.SDPA,
+    compile: bool = False,
 ) -> Components:
-    """How loaded models run (``load_components`` explains each option), recorded in ``identities``."""
+    """How loaded models run (``load_components`` explains each option), recorded in ``identities``.
+
+    Compilation comes last, so it sees the quantised weights and the chosen kernel."""
     fp8 = Fp8Mode(fp8)
     _check_token_chunk(token_chunk)
-    components.transformer.set_token_chunk(token_chunk)
-    quantize_transformer(components.transformer, fp8)
+    transformer = components.transformer
+    kernel = resolve_kernel(attention, components.device, transformer.config.attention_head_dim)
+    transformer.set_token_chunk(token_chunk)
+    transformer.set_attention_kernel(kernel)
+    quantize_transformer(transformer, fp8)
+    if compile:
+        compile_transformer(transformer)
     if vae_tiling:
         components.vae.enable_tiling()
     else:
@@ -132,6 +149,8 @@ def apply_options(
         "token_chunk": str(token_chunk or "off"),
         "vae_tiling": "on" if vae_tiling else "off",
         "guidance": "batched when cfg ≠ 1" if batch_guidance else "one pass at a time when cfg ≠ 1",
+        "attention": kernel.value,
+        "compiled": "yes" if compile else "no",
     }
     return components
 
@@ -158,8 +177,9 @@ def random_components(
 
 def _build(preset: Preset, device: torch.device, dtype: torch.dtype, with_audio: bool) -> Components:
     seed = preset.random_seed
+    on_device = {"device": device, "dtype": dtype}
     text = TextEncoder(
-        t5.build_text_encoder(preset.text_encoder, seed).to(device, dtype),
+        t5.build_text_encoder(preset.text_encoder, seed, **on_device),
         build_tiny_tokenizer(preset.text_encoder["vocab_size"]),
         max_tokens=preset.text_max_tokens,
     )
@@ -167,11 +187,11 @@ def _build(preset: Preset, device: torch.device, dtype: torch.dtype, with_audio:
         preset=preset,
         device=device,
         dtype=dtype,
-        transformer=dit.build_transformer(preset.transformer, seed, device=device, dtype=dtype),
-        vae=vae.build_vae(preset.vae, seed).to(device, dtype),
+        transformer=dit.build_transformer(preset.transformer, seed, **on_device),
+        vae=vae.build_vae(preset.vae, seed, **on_device),
         text_encoder=text,
-        image_encoder=clip.build_image_encoder(preset.image_encoder, seed).to(device, dtype),
-        audio_encoder=wav2vec2.build_audio_encoder(preset.audio_encoder, seed).to(device, dtype)
+        image_encoder=clip.build_image_encoder(preset.image_encoder, seed, **on_device),
+        audio_encoder=wav2vec2.build_audio_encoder(preset.audio_encoder, seed, **on_device)
         if with_audio
         else None,
         identities={"preset": f"{preset.name} (random weights, seed {seed})"},
@@ -237,7 +257,9 @@ def load_speech_encoder(
     device = resolve_device(device)
     dtype = dtype or default_dtype(device)
     if not preset.needs_weights:
-        return wav2vec2.build_audio_encoder(preset.audio_encoder, preset.random_seed).to(device, dtype)
+        return wav2vec2.build_audio_encoder(
+            preset.audio_encoder, preset.random_seed, device=device, dtype=dtype
+        )
     if weights_dir is None:
         raise WeightsError(f"preset {preset.name!r} needs a weights directory (--weights DIR)")
     return wav2vec2.load_audio_encoder(discover(Path(weights_dir)).wav2vec2, device=device, dtype=dtype)

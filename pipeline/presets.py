@@ -30,6 +30,21 @@ class Fp8Mode(str, Enum):
     OFF = "off"
     WEIGHTS = "weights"
     DYNAMIC = "dynamic"
+    DYNAMIC_TENSORWISE = "dynamic-tensorwise"
+
+    @property
+    def runs_fp8_matmuls(self) -> bool:
+        return self in (Fp8Mode.DYNAMIC, Fp8Mode.DYNAMIC_TENSORWISE)
+
+
+class AttentionKernel(str, Enum):
+    """What runs the DiT's self-attention (``pipeline.models.attention_kernels``); any preset takes any."""
+
+    AUTO = "auto"
+    SDPA = "sdpa"
+    SDPA_CUDNN = "sdpa-cudnn"
+    SDPA_FLASH = "sdpa-flash"
+    SAGE = "sage"
 
 
 @dataclass(frozen=True)

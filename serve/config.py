@@ -7,12 +7,15 @@ process that needs them, so the same YAML can be committed, embedded in a RaySer
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.presets import PRESETS, Fp8Mode
+from pipeline.presets import PRESETS, AttentionKernel, Fp8Mode
+
+_SIZE = re.compile(r"[1-9][0-9]*x[1-9][0-9]*")
 
 
 class _Strict(BaseModel):
@@ -35,7 +38,24 @@ class ModelConfig(_Strict):
     device: str | None = Field(None, description="torch device; default: cuda when the replica has a GPU")
     fp8: Fp8Mode = Field(
         Fp8Mode.OFF,
-        description="fp8 DiT weights: 'off', 'weights' (half the memory), 'dynamic' (fp8 matmuls; Hopper)",
+        description="fp8 DiT weights: 'off', 'weights' (half the memory), 'dynamic' or 'dynamic-tensorwise' "
+        "(fp8 matmuls, per-row or per-tensor scales; Ada/Hopper, fast with compile)",
+    )
+    attention: AttentionKernel = Field(
+        AttentionKernel.AUTO,
+        description="self-attention kernel: 'auto' (the fastest this device runs, logged at start), 'sdpa' "
+        "(the reference), 'sdpa-cudnn', 'sdpa-flash', 'sage'",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the DiT blocks when the sampler starts (warm up warmup_sizes)"
+    )
+    warmup_sizes: list[str] = Field(
+        default_factory=list,
+        description="output sizes (WxH) the sampler runs one DiT pass at before it takes jobs, so "
+        "compilation and kernel set-up happen at start; a job at another size compiles on its first pass",
+    )
+    warmup_guidance: bool = Field(
+        False, description="also warm up the batch-2 pass that cfg ≠ 1 jobs run (with batch_guidance)"
     )
     token_chunk: int | None = Field(
         None,
@@ -52,6 +72,17 @@ class ModelConfig(_Strict):
     def _yaml_off(cls, value: object) -> object:
         # YAML 1.1 reads a bare `fp8: off` as false.
         return Fp8Mode.OFF if value is False else value
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _sizes_parse(cls, sizes: list[str]) -> list[str]:
+        for size in sizes:
+            if _SIZE.fullmatch(size) is None:
+                raise ValueError(f"warmup size {size!r} must look like WIDTHxHEIGHT, e.g. 720x720")
+        return sizes
+
+    def warmup_shapes(self) -> list[tuple[int, int]]:
+        return [(int(w), int(h)) for w, h in (size.split("x") for size in self.warmup_sizes)]
 
     @model_validator(mode="after")
     def _preset_known(self) -> ModelConfig:

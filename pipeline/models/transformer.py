@@ -20,9 +20,10 @@ from diffusers.models.transformers.transformer_wan import (
     WanTransformerBlock,
 )
 
+from pipeline.models.attention_kernels import AttentionKernel
 from pipeline.models.audio_adapter import AudioProjModel
 from pipeline.models.audio_attention import AudioCrossAttention
-from pipeline.models.chunked_attention import TEXT_TOKENS, TokenChunkedWanAttnProcessor, map_slices
+from pipeline.models.wan_attention import TEXT_TOKENS, WanAttentionProcessor, map_slices
 
 
 def check_token_chunk(tokens: object) -> None:
@@ -218,6 +219,10 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
             token_dim=audio_token_dim,
         )
 
+    #: What runs the self-attention of every block (``pipeline.models.attention_kernels``); set through
+    #: ``set_attention_kernel``.
+    attention_kernel: AttentionKernel = AttentionKernel.SDPA
+
     def set_token_chunk(self, tokens: int | None) -> None:
         """Run every block's token-wise work ``tokens`` tokens at a time (None: all at once).
 
@@ -227,11 +232,28 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
         check_token_chunk(tokens)
         for block in self.blocks:
             block.token_chunk = tokens
+        self._install_attention_processors()
+
+    def set_attention_kernel(self, kernel: AttentionKernel | str) -> None:
+        """Run every block's self-attention with ``kernel`` (a concrete one: resolve ``auto`` first with
+        ``attention_kernels.resolve_kernel``)."""
+        kernel = AttentionKernel(kernel)
+        if kernel is AttentionKernel.AUTO:
+            raise ValueError("resolve 'auto' to a kernel for this device first (resolve_kernel)")
+        self.attention_kernel = kernel
+        self._install_attention_processors()
+
+    def _install_attention_processors(self) -> None:
+        """diffusers' own processor when neither option is set (the reference), ours otherwise; either way
+        the diffusers attention backend each processor had is kept."""
+        for block in self.blocks:
             for attention in (block.attn1, block.attn2):
                 backend = attention.processor._attention_backend
-                attention.set_processor(
-                    WanAttnProcessor() if tokens is None else TokenChunkedWanAttnProcessor(tokens)
-                )
+                kernel = self.attention_kernel if attention is block.attn1 else AttentionKernel.SDPA
+                if block.token_chunk is None and kernel is AttentionKernel.SDPA:
+                    attention.set_processor(WanAttnProcessor())
+                else:
+                    attention.set_processor(WanAttentionProcessor(block.token_chunk, kernel))
                 attention.processor._attention_backend = backend
 
     def forward(

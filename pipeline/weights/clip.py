@@ -28,6 +28,7 @@ from pipeline.conditioning.clip import ClipImageEncoder
 from pipeline.errors import WeightsError
 from pipeline.presets import INFINITETALK_14B
 from pipeline.weights.checkpoint_files import find_weights, finish_loading, read_json, read_tensors
+from pipeline.weights.random_init import random_init
 from pipeline.weights.strict import load_state_dict_strict
 
 logger = logging.getLogger(__name__)
@@ -62,12 +63,14 @@ _WAN_CLASS = "cls_embedding"
 _WAN_POSITIONS = "pos_embedding"
 
 
-def build_image_encoder(config: dict, seed: int = 0) -> ClipImageEncoder:
-    """Random weights from ``seed`` (tiny preset, tests), in eval mode; the global RNG is left untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+def build_image_encoder(
+    config: dict, seed: int = 0, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> ClipImageEncoder:
+    """Random weights from ``seed`` (tiny preset, tests, benchmarks), in eval mode, on ``device`` in ``dtype``
+    (built there: ``random_init``)."""
+    with random_init(seed, device, dtype):
         model = CLIPVisionModel(CLIPVisionConfig(**config))
-    return ClipImageEncoder(model).eval().requires_grad_(False)
+    return ClipImageEncoder(model).to(device, dtype).eval().requires_grad_(False)
 
 
 def load_image_encoder(

@@ -20,6 +20,7 @@ from transformers import UMT5Config, UMT5EncoderModel
 from pipeline.errors import WeightsError
 from pipeline.presets import INFINITETALK_14B
 from pipeline.weights.checkpoint_files import find_weights, finish_loading, read_json, read_tensors
+from pipeline.weights.random_init import random_init
 from pipeline.weights.strict import load_state_dict_strict
 
 logger = logging.getLogger(__name__)
@@ -50,12 +51,14 @@ _WAN_BLOCK_PARTS = {
 _WAN_TOP = {"token_embedding.weight": SHARED, "norm.weight": "encoder.final_layer_norm.weight"}
 
 
-def build_text_encoder(config: dict, seed: int = 0) -> UMT5EncoderModel:
-    """Random weights from ``seed`` (tiny preset, tests), in eval mode; the global RNG is left untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+def build_text_encoder(
+    config: dict, seed: int = 0, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> UMT5EncoderModel:
+    """Random weights from ``seed`` (tiny preset, tests, benchmarks), in eval mode, on ``device`` in ``dtype``
+    (built there: ``random_init``)."""
+    with random_init(seed, device, dtype):
         model = UMT5EncoderModel(UMT5Config(**config))
-    return model.eval().requires_grad_(False)
+    return model.to(device, dtype).eval().requires_grad_(False)
 
 
 def load_text_encoder(

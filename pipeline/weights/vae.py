@@ -19,6 +19,7 @@ from pipeline.conditioning.vae import WanVAE
 from pipeline.errors import WeightsError
 from pipeline.presets import INFINITETALK_14B
 from pipeline.weights.checkpoint_files import find_weights, finish_loading, read_json, read_tensors
+from pipeline.weights.random_init import random_init
 from pipeline.weights.strict import load_state_dict_strict
 
 logger = logging.getLogger(__name__)
@@ -32,12 +33,14 @@ FOLDER_WEIGHTS = (
 _CLASS_NAME = "AutoencoderKLWan"
 
 
-def build_vae(config: dict, seed: int = 0) -> WanVAE:
-    """Random weights from ``seed`` (tiny preset, tests), in eval mode; the global RNG is left untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+def build_vae(
+    config: dict, seed: int = 0, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> WanVAE:
+    """Random weights from ``seed`` (tiny preset, tests, benchmarks), in eval mode, on ``device`` in ``dtype``
+    (built there: ``random_init``)."""
+    with random_init(seed, device, dtype):
         model = AutoencoderKLWan(**config)
-    return WanVAE(model).eval().requires_grad_(False)
+    return WanVAE(model).to(device, dtype).eval().requires_grad_(False)
 
 
 def load_vae(

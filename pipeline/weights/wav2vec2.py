@@ -22,6 +22,7 @@ from transformers import Wav2Vec2Config
 from pipeline.audio.decode import SAMPLE_RATE
 from pipeline.audio.wav2vec2 import InfiniteTalkWav2Vec2
 from pipeline.errors import WeightsError
+from pipeline.weights.random_init import random_init
 from pipeline.weights.strict import load_state_dict_strict
 
 logger = logging.getLogger(__name__)
@@ -53,12 +54,14 @@ _WEIGHT_NORM_SPELLINGS = {
 }
 
 
-def build_audio_encoder(config: dict, seed: int = 0) -> InfiniteTalkWav2Vec2:
-    """Random weights from ``seed`` (tiny preset, tests), in eval mode; the global RNG is left untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+def build_audio_encoder(
+    config: dict, seed: int = 0, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> InfiniteTalkWav2Vec2:
+    """Random weights from ``seed`` (tiny preset, tests, benchmarks), in eval mode, on ``device`` in ``dtype``
+    (built there: ``random_init``)."""
+    with random_init(seed, device, dtype):
         model = InfiniteTalkWav2Vec2(Wav2Vec2Config(**config))
-    return model.eval().requires_grad_(False)
+    return model.to(device, dtype).eval().requires_grad_(False)
 
 
 def load_audio_encoder(

@@ -1,7 +1,8 @@
 """Sampler: the GPU stage. Loads the DiT, VAE, CLIP and umT5 once, then runs one job per Celery message.
 
-The replica becomes ready only after the weights are loaded (its constructor returns), and only then does
-the task consumer start taking messages. Shutting down, it lets the running job finish for up to
+The replica becomes ready only after the weights are loaded and the DiT has run one warm-up pass at each
+configured size (compiling it there when ``model.compile`` is on): its constructor returns then, and only
+then does the task consumer start taking messages. Shutting down, it lets the running job finish for up to
 ``drain_seconds`` and hands it back to the queue after that.
 """
 
@@ -18,6 +19,7 @@ from ray.serve.task_consumer import task_handler
 from ray.util import metrics as ray_metrics
 
 from pipeline.components import LoraSpec, load_components
+from pipeline.warmup import warm_up
 from serve.config import AppConfig
 from serve.engine import PipelineEngine
 from serve.jobs import JobRecord
@@ -47,7 +49,10 @@ class Sampler:
             token_chunk=model.token_chunk,
             vae_tiling=model.vae_tiling,
             batch_guidance=model.batch_guidance,
+            attention=model.attention,
+            compile=model.compile,
         )
+        warm_up(components, model.warmup_shapes(), guidance=model.warmup_guidance)
         self._audio_encoder = audio_encoder
         self._drain_seconds = app_config.queue.drain_seconds
         dispatcher = Dispatcher(self._services.store, self._services.redis, TaskPublisher(redis_url))
@@ -62,7 +67,12 @@ class Sampler:
             republish=dispatcher.publish,
             on_finished=self._record_finished,
         )
-        logger.info("sampler ready: %s on %s", model.preset, components.device)
+        logger.info(
+            "sampler ready: %s on %s (%s)",
+            model.preset,
+            components.device,
+            ", ".join(f"{name} {value}" for name, value in components.identities.items()),
+        )
 
     @staticmethod
     def _replica_id() -> str:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bench.activation_memory import counted_pass_gib
-from bench.dit_inputs import pass_inputs
 from bench.gpu_sampler import MODEL_MD_TFLOP, count_pass_flops, counted_peak_gib, main, vae_layout
 from pipeline.presets import INFINITETALK_14B, TINY
+from pipeline.warmup import pass_inputs
 from pipeline.weights.dit import build_transformer
 from pipeline.weights.vae import build_vae
 

@@ -8,12 +8,12 @@ import yaml
 from pydantic import ValidationError
 from tensor_bytes import stored_bytes
 
-from bench.dit_inputs import pass_inputs
 from pipeline.components import load_components
 from pipeline.errors import InputError
 from pipeline.pipeline import InfiniteTalkPipeline
 from pipeline.presets import TINY
 from pipeline.quantization import is_quantizable, quantize_transformer
+from pipeline.warmup import pass_inputs
 from pipeline.weights.dit import build_transformer
 from serve.config import ModelConfig
 

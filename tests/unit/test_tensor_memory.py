@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
 
-from bench.dit_inputs import pass_inputs
 from bench.tensor_memory import CUDA_BLOCK_BYTES, StoragePeak, default_dtype, fake_tensors, peak_bytes
 from pipeline.models.transformer import InfiniteTalkTransformer3DModel
 from pipeline.presets import TINY
+from pipeline.warmup import pass_inputs
 
 BLOCK_OF_4000_BYTES = 4096  # 1000 fp32 values, rounded up to the allocator's 512-byte blocks
 

@@ -16,14 +16,14 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from pydantic import ValidationError
 
 from bench.activation_memory import dit_pass_gib, fake_transformer
-from bench.dit_inputs import CHUNK_LATENT_FRAMES, pass_inputs
 from bench.tensor_memory import fake_tensors
 from pipeline.components import load_components
 from pipeline.errors import InputError
-from pipeline.models.chunked_attention import TokenChunkedWanAttnProcessor, map_slices
 from pipeline.models.transformer import InfiniteTalkTransformer3DModel
+from pipeline.models.wan_attention import WanAttentionProcessor, map_slices
 from pipeline.pipeline import InfiniteTalkPipeline
 from pipeline.presets import INFINITETALK_14B, TINY
+from pipeline.warmup import CHUNK_LATENT_FRAMES, pass_inputs
 from pipeline.weights.dit import build_transformer
 from serve.config import ModelConfig
 
@@ -74,7 +74,7 @@ def test_setting_and_clearing_swaps_the_wan_processors_and_keeps_the_backend(mod
     model.set_attention_backend("_native_math")
     model.set_token_chunk(8)
     processors = [attention.processor for block in model.blocks for attention in (block.attn1, block.attn2)]
-    assert all(isinstance(p, TokenChunkedWanAttnProcessor) and p.tokens == 8 for p in processors)
+    assert all(isinstance(p, WanAttentionProcessor) and p.tokens == 8 for p in processors)
     assert all(p._attention_backend == AttentionBackendName._NATIVE_MATH for p in processors)
     assert all(block.token_chunk == 8 for block in model.blocks)
     model.set_token_chunk(None)
@@ -125,7 +125,7 @@ def test_load_components_reports_a_bad_chunk_as_an_input_error_and_records_a_goo
 
 
 def test_the_attention_mask_is_refused():
-    processor = TokenChunkedWanAttnProcessor(4)
+    processor = WanAttentionProcessor(4)
     with pytest.raises(ValueError, match="no attention mask"):
         processor(None, torch.zeros(1, 2, 4), attention_mask=torch.ones(1, 2))
 

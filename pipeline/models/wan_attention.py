@@ -1,4 +1,5 @@
-"""diffusers' Wan attention with its token-wise work done a slice of tokens at a time (activation memory).
+"""diffusers' Wan attention, with two options: the token-wise work done a slice of tokens at a time
+(activation memory) and the self-attention run by another kernel (``pipeline.models.attention_kernels``).
 
 In ``WanAttnProcessor`` everything but the attention itself is a function of one token: the Q/K/V
 projections, the q/k RMS norms across heads, RoPE (in fp32), the output projection. At 1280×720 a
@@ -8,7 +9,9 @@ sequence once; cross-attention projects the text and image context once and then
 through attention and the output projection, since a query's result depends on nothing else. The block's
 norm and modulation in front of the attention come in as ``prepare`` and run per slice too. Same
 arithmetic per token as diffusers', so the same output up to float rounding (GEMMs of other shapes may round
-differently). ``InfiniteTalkTransformer3DModel.set_token_chunk`` installs it.
+differently). Whole (``tokens=None``), it computes what ``WanAttnProcessor`` does in the same order.
+``InfiniteTalkTransformer3DModel.set_token_chunk`` and ``set_attention_kernel`` install it; with neither
+option the model keeps diffusers' own processor, the reference.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from diffusers.models.transformers.transformer_wan import (
     _get_added_kv_projections,
     _get_qkv_projections,
 )
+
+from pipeline.models.attention_kernels import AttentionKernel, attend
 
 # diffusers' Wan attention assumes the text context is the last 512 tokens (the image's 257 come first).
 TEXT_TOKENS = 512
@@ -39,11 +44,11 @@ def apply_rotary(hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     return out.type_as(hidden_states)
 
 
-def map_slices(function: TokenFunction, tokens: int, *sequences: torch.Tensor) -> torch.Tensor:
+def map_slices(function: TokenFunction, tokens: int | None, *sequences: torch.Tensor) -> torch.Tensor:
     """``function(*sequences)`` for a function of each token alone (dim 1), ``tokens`` tokens at a time,
-    written into one output: only a slice's temporaries are ever alive."""
+    written into one output: only a slice's temporaries are ever alive. None: all at once."""
     length = sequences[0].shape[1]
-    if length <= tokens:
+    if tokens is None or length <= tokens:
         return function(*sequences)
     first = function(*(sequence[:, :tokens] for sequence in sequences))
     output = first.new_empty((first.shape[0], length, *first.shape[2:]))
@@ -60,14 +65,19 @@ def _unchanged(part: torch.Tensor) -> torch.Tensor:
     return part
 
 
-class TokenChunkedWanAttnProcessor:
-    """A drop-in processor for ``WanAttention`` (self- and image/text cross-attention, fused or not)."""
+class WanAttentionProcessor:
+    """A drop-in processor for ``WanAttention`` (self- and image/text cross-attention, fused or not).
+
+    ``tokens``: slice size of the token-wise work (None: whole). ``kernel``: what runs the self-attention;
+    ``sdpa`` goes through diffusers' dispatcher with this processor's backend, as ``WanAttnProcessor`` does.
+    """
 
     _attention_backend = None
     _parallel_config = None
 
-    def __init__(self, tokens: int) -> None:
+    def __init__(self, tokens: int | None = None, kernel: AttentionKernel = AttentionKernel.SDPA) -> None:
         self.tokens = tokens
+        self.kernel = AttentionKernel(kernel)
 
     def __call__(
         self,
@@ -93,6 +103,11 @@ class TokenChunkedWanAttnProcessor:
         )
         return out.flatten(2, 3).type_as(query)
 
+    def _self_attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        if self.kernel is AttentionKernel.SDPA:
+            return self._attend(query, key, value)
+        return attend(query, key, value, self.kernel).flatten(2, 3).type_as(query)
+
     def _self_attention(
         self,
         attn: WanAttention,
@@ -104,14 +119,23 @@ class TokenChunkedWanAttnProcessor:
             raise ValueError("Wan self-attention needs its rotary embedding")
         cos, sin = rotary_emb
 
-        def project(part: torch.Tensor, part_cos: torch.Tensor, part_sin: torch.Tensor) -> torch.Tensor:
+        def project(
+            part: torch.Tensor, part_cos: torch.Tensor, part_sin: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             query, key, value = _get_qkv_projections(attn, prepare(part), None)
             query = apply_rotary(attn.norm_q(query).unflatten(2, (attn.heads, -1)), part_cos, part_sin)
             key = apply_rotary(attn.norm_k(key).unflatten(2, (attn.heads, -1)), part_cos, part_sin)
-            return torch.stack([query, key, value.unflatten(2, (attn.heads, -1))], dim=2)
+            return query, key, value.unflatten(2, (attn.heads, -1))
 
-        query, key, value = map_slices(project, self.tokens, hidden_states, cos, sin).unbind(2)
-        out = self._attend(query, key, value)
+        if self.tokens is None or hidden_states.shape[1] <= self.tokens:
+            query, key, value = project(hidden_states, cos, sin)
+        else:
+            stacked = map_slices(
+                lambda *parts: torch.stack(project(*parts), dim=2), self.tokens, hidden_states, cos, sin
+            )
+            query, key, value = stacked.unbind(2)
+            del stacked  # the views alone keep Q, K and V alive, until they are deleted below
+        out = self._self_attend(query, key, value)
         del query, key, value
         return map_slices(lambda part: attn.to_out[1](attn.to_out[0](part)), self.tokens, out)
 

@@ -1,0 +1,111 @@
+"""The kernel that runs the DiT's self-attention: 42 525 tokens attending to each other at 720x720, about
+55 % of a pass's FLOPs, so the kernel matters as much as the GEMMs.
+
+* ``sdpa``: PyTorch's ``scaled_dot_product_attention`` with its own backend choice, through diffusers'
+  dispatcher, as diffusers' Wan model runs it. The reference.
+* ``sdpa-cudnn`` / ``sdpa-flash``: the same call restricted to cuDNN's fused attention or PyTorch's
+  FlashAttention-2 (``torch.nn.attention.sdpa_kernel``). Exact attention; only rounding differs.
+* ``sage``: SageAttention (``pip install sageattention``, Triton kernels): Q and K quantised to int8 per
+  block, P·V in fp16. Approximate; how far it moves the output is measured by ``python -m bench.gpu_sampler``.
+* ``auto``: the first kernel of ``AUTO_ORDER`` that this device and environment can run.
+
+Only the self-attention switches kernels. The cross-attentions (257 image, 512 text, 32 audio keys) are a
+small share of the FLOPs, and SageAttention 1.x pads keys to blocks of 64 with zeros that still take
+softmax weight, which is negligible over 42 525 keys but not over 257.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from pipeline.errors import InputError
+from pipeline.presets import AttentionKernel
+
+__all__ = ["AUTO_ORDER", "AttentionKernel", "attend", "resolve_kernel", "unusable_reason"]
+
+logger = logging.getLogger(__name__)
+
+
+# Fastest first, as measured on an H200 (bench/results/gpu_sampler-*.json, README "Performance"); a kernel
+# that moved the output past docs/architecture.md's threshold is not here.
+AUTO_ORDER = (AttentionKernel.SDPA_CUDNN, AttentionKernel.SDPA)
+
+_SDPA_BACKENDS = {
+    AttentionKernel.SDPA_CUDNN: [SDPBackend.CUDNN_ATTENTION],
+    AttentionKernel.SDPA_FLASH: [SDPBackend.FLASH_ATTENTION],
+}
+_SAGE_HEAD_DIMS = (64, 96, 128)
+
+
+def unusable_reason(kernel: AttentionKernel, device: torch.device, head_dim: int) -> str | None:
+    """Why ``kernel`` cannot run the DiT's self-attention here, or None when it can."""
+    if kernel in (AttentionKernel.SDPA, AttentionKernel.AUTO):
+        return None
+    if device.type != "cuda":
+        return f"'{kernel.value}' runs on CUDA GPUs; the model is on {device}"
+    if kernel is AttentionKernel.SDPA_CUDNN and not torch.backends.cudnn.is_available():
+        return "'sdpa-cudnn' needs cuDNN, which this PyTorch build lacks"
+    if kernel is AttentionKernel.SAGE:
+        if importlib.util.find_spec("sageattention") is None:
+            return "'sage' needs SageAttention: pip install sageattention"
+        if head_dim not in _SAGE_HEAD_DIMS:
+            return f"'sage' takes head dims {_SAGE_HEAD_DIMS}, the model has {head_dim}"
+    return None
+
+
+def resolve_kernel(requested: AttentionKernel | str, device: torch.device, head_dim: int) -> AttentionKernel:
+    """``auto`` → the first usable kernel of ``AUTO_ORDER`` (logged with what it fell back from); an
+    explicit kernel that cannot run here is an ``InputError`` naming why."""
+    requested = AttentionKernel(requested)
+    if requested is not AttentionKernel.AUTO:
+        reason = unusable_reason(requested, device, head_dim)
+        if reason is not None:
+            raise InputError(f"attention kernel {reason}")
+        logger.info("self-attention kernel: %s (asked for)", requested.value)
+        return requested
+    skipped = []
+    for candidate in AUTO_ORDER:
+        reason = unusable_reason(candidate, device, head_dim)
+        if reason is None:
+            fallback = f"; not usable: {'; '.join(skipped)}" if skipped else ""
+            logger.info("self-attention kernel: %s (auto%s)", candidate.value, fallback)
+            return candidate
+        skipped.append(reason)
+    return AttentionKernel.SDPA  # AUTO_ORDER ends with SDPA, which runs anywhere
+
+
+def attend(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kernel: AttentionKernel
+) -> torch.Tensor:
+    """Non-causal attention without a mask on ``[B, L, heads, head_dim]`` tensors (diffusers' layout), for
+    every kernel but ``sdpa`` (which goes through diffusers' dispatcher); same layout out."""
+    if kernel is AttentionKernel.SAGE:
+        return torch.ops.infinitetalk.sage_attention(query, key, value)
+    backends = _SDPA_BACKENDS.get(kernel)
+    if backends is None:
+        raise ValueError(f"attend() runs the non-reference kernels, not {kernel.value!r}")
+    query, key, value = (tensor.transpose(1, 2) for tensor in (query, key, value))
+    with sdpa_kernel(backends):
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value)
+    return out.transpose(1, 2)
+
+
+# A custom op, so torch.compile treats SageAttention's Triton launches (and the checks around them) as one
+# opaque call with a known output shape, instead of tracing into them.
+@torch.library.custom_op("infinitetalk::sage_attention", mutates_args=())
+def sage_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    from sageattention import sageattn
+
+    # SageAttention subtracts K's mean over the sequence (which adds one constant to each query's scores, so
+    # the softmax is unchanged) in place when asked to; done here out of place, the caller's K is untouched.
+    key = key - key.mean(dim=1, keepdim=True)
+    return sageattn(query, key, value, tensor_layout="NHD", is_causal=False, smooth_k=False)
+
+
+@sage_attention.register_fake
+def _sage_attention_shape(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return query.new_empty(query.shape)
