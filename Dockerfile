@@ -1,15 +1,15 @@
 # The image every pod of the RayService runs (head, GPU and CPU workers, the autoscaler sidecar):
 # Ray's own GPU image (Python 3.11, CUDA, user `ray` = uid 1000) plus this project installed with pip.
 #
-#   docker build -t ghcr.io/OWNER/infinitetalk-serve:0.1.0 .
-#   docker build --build-arg EXTRAS='[gpu]' ...          # adds xformers (must match the torch build)
-#   docker build --build-arg EXTRAS='[gpu,fp8]' ...      # and torchao, for model.fp8 in the config
+#   docker build -t ghcr.io/OWNER/infinitetalk-serve:0.1.0 .    # with torchao: configs/gpu*.yaml run fp8
+#   docker build --build-arg EXTRAS='[fp8,gpu]' ...      # adds xformers (must match the torch build)
+#   docker build --build-arg EXTRAS='' ...               # no torchao: set model.fp8 to "off" in the config
 #
 # The Ray version of the base image must equal `rayVersion` in k8s/base/rayservice.yaml.
 ARG BASE_IMAGE=rayproject/ray:2.60.0-py311-gpu
 FROM ${BASE_IMAGE}
 
-ARG EXTRAS=""
+ARG EXTRAS="[fp8]"
 
 WORKDIR /home/ray/infinitetalk
 

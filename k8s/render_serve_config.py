@@ -35,6 +35,7 @@ class Target:
 TARGETS = (
     Target("k8s/base/rayservice.yaml", "serveConfigV2", "configs/gpu.yaml"),
     Target("k8s/overlays/cpu-demo/serve-config-patch.yaml", "value", "configs/cpu-demo.yaml"),
+    Target("k8s/overlays/h200/serve-config-patch.yaml", "value", "configs/gpu-h200.yaml"),
 )
 
 

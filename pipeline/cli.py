@@ -87,9 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--attention",
         choices=[kernel.value for kernel in AttentionKernel],
-        default=AttentionKernel.SDPA.value,
-        help="self-attention kernel: 'sdpa' (PyTorch, the reference), 'sdpa-cudnn', 'sdpa-flash', 'sage' "
-        "(SageAttention, pip install sageattention), or 'auto': the fastest this GPU runs",
+        default=AttentionKernel.AUTO.value,
+        help="self-attention kernel: 'auto' (default: the fastest exact kernel this device runs, cuDNN on "
+        "Hopper), 'sdpa' (PyTorch's own pick, the reference), 'sdpa-cudnn', 'sdpa-flash', 'sage' "
+        "(SageAttention, pip install sageattention: approximate, slower than cuDNN on Hopper)",
     )
     gen.add_argument(
         "--compile",

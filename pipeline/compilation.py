@@ -21,11 +21,20 @@ logger = logging.getLogger(__name__)
 RECOMPILE_LIMIT = 32
 
 
-def compile_transformer(transformer: InfiniteTalkTransformer3DModel) -> None:
-    """Compile every block in place (fullgraph: a graph break would be a silent slowdown, so it fails)."""
+def compile_transformer(transformer: InfiniteTalkTransformer3DModel, tuned: bool = False) -> None:
+    """Compile every block in place (fullgraph: a graph break would be a silent slowdown, so it fails).
+
+    ``tuned``: Inductor's coordinate-descent tuning of its generated kernels (what torchao's quantisation
+    turns on for the whole process when left to it): a longer compile for possibly faster kernels.
+    """
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    torch._inductor.config.coordinate_descent_tuning = tuned
+    torch._inductor.config.coordinate_descent_check_all_directions = tuned
     transformer.compile_repeated_blocks(fullgraph=True, dynamic=False)
-    logger.info("DiT blocks compiled (torch.compile, static shapes); each new shape compiles on first use")
+    logger.info(
+        "DiT blocks compiled (torch.compile, static shapes%s); each new shape compiles on its first pass",
+        ", coordinate-descent tuning" if tuned else "",
+    )
 
 
 def is_compiled(transformer: InfiniteTalkTransformer3DModel) -> bool:

@@ -51,11 +51,15 @@ def quantize_transformer(transformer: nn.Module, mode: Fp8Mode | str) -> int:
         _check_dynamic_support(device, mode)
     torchao = import_torchao()
     quantization = torchao.quantization
+    # torchao would also switch on Inductor's coordinate-descent tuning for the whole process (a 185 s first
+    # pass on an H200 instead of ...); pipeline.compilation decides Inductor's settings.
     if mode is Fp8Mode.WEIGHTS:
-        config = quantization.Float8WeightOnlyConfig()
+        config = quantization.Float8WeightOnlyConfig(set_inductor_config=False)
     else:
         granularity = quantization.PerRow() if mode is Fp8Mode.DYNAMIC else quantization.PerTensor()
-        config = quantization.Float8DynamicActivationFloat8WeightConfig(granularity=granularity)
+        config = quantization.Float8DynamicActivationFloat8WeightConfig(
+            granularity=granularity, set_inductor_config=False
+        )
     count = sum(1 for name, module in transformer.named_modules() if is_quantizable(module, name))
     quantization.quantize_(transformer, config, filter_fn=is_quantizable)
     return count

@@ -5,8 +5,9 @@
   dispatcher, as diffusers' Wan model runs it. The reference.
 * ``sdpa-cudnn`` / ``sdpa-flash``: the same call restricted to cuDNN's fused attention or PyTorch's
   FlashAttention-2 (``torch.nn.attention.sdpa_kernel``). Exact attention; only rounding differs.
-* ``sage``: SageAttention (``pip install sageattention``, Triton kernels): Q and K quantised to int8 per
-  block, P·V in fp16. Approximate; how far it moves the output is measured by ``python -m bench.gpu_sampler``.
+* ``sage``: SageAttention (``pip install sageattention``; PyPI has 1.x, Triton kernels): Q and K quantised
+  to int8 per block, P·V in fp16. Approximate (a pass moved 1.1 %), and on Hopper slower than cuDNN, so
+  ``auto`` never picks it; its Hopper-specific successors (SageAttention 2/3) are not on PyPI.
 * ``auto``: the first kernel of ``AUTO_ORDER`` that this device and environment can run.
 
 Only the self-attention switches kernels. The cross-attentions (257 image, 512 text, 32 audio keys) are a
@@ -30,8 +31,10 @@ __all__ = ["AUTO_ORDER", "AttentionKernel", "attend", "resolve_kernel", "unusabl
 logger = logging.getLogger(__name__)
 
 
-# Fastest first, as measured on an H200 (bench/results/gpu_sampler-*.json, README "Performance"); a kernel
-# that moved the output past docs/architecture.md's threshold is not here.
+# Fastest first, as measured on an H200 (torch 2.11; bench/results/gpu_sampler-20261204T181007Z.json):
+# at 720x720 a pass took 5.21 s with sdpa-cudnn (PyTorch's own pick there too), 6.06 s with sage (1.0.6,
+# Triton) and 6.80 s with sdpa-flash. Pinning cuDNN keeps the fastest kernel should PyTorch's heuristic
+# change; SDPA runs everywhere else.
 AUTO_ORDER = (AttentionKernel.SDPA_CUDNN, AttentionKernel.SDPA)
 
 _SDPA_BACKENDS = {

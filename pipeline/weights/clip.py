@@ -28,7 +28,7 @@ from pipeline.conditioning.clip import ClipImageEncoder
 from pipeline.errors import WeightsError
 from pipeline.presets import INFINITETALK_14B
 from pipeline.weights.checkpoint_files import find_weights, finish_loading, read_json, read_tensors
-from pipeline.weights.random_init import random_init
+from pipeline.weights.random_init import placed, random_init
 from pipeline.weights.strict import load_state_dict_strict
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def build_image_encoder(
     (built there: ``random_init``)."""
     with random_init(seed, device, dtype):
         model = CLIPVisionModel(CLIPVisionConfig(**config))
-    return ClipImageEncoder(model).to(device, dtype).eval().requires_grad_(False)
+    return placed(ClipImageEncoder(model), device, dtype).eval().requires_grad_(False)
 
 
 def load_image_encoder(

@@ -20,7 +20,7 @@ from transformers import UMT5Config, UMT5EncoderModel
 from pipeline.errors import WeightsError
 from pipeline.presets import INFINITETALK_14B
 from pipeline.weights.checkpoint_files import find_weights, finish_loading, read_json, read_tensors
-from pipeline.weights.random_init import random_init
+from pipeline.weights.random_init import placed, random_init
 from pipeline.weights.strict import load_state_dict_strict
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def build_text_encoder(
     (built there: ``random_init``)."""
     with random_init(seed, device, dtype):
         model = UMT5EncoderModel(UMT5Config(**config))
-    return model.to(device, dtype).eval().requires_grad_(False)
+    return placed(model, device, dtype).eval().requires_grad_(False)
 
 
 def load_text_encoder(

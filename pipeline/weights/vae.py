@@ -19,7 +19,7 @@ from pipeline.conditioning.vae import WanVAE
 from pipeline.errors import WeightsError
 from pipeline.presets import INFINITETALK_14B
 from pipeline.weights.checkpoint_files import find_weights, finish_loading, read_json, read_tensors
-from pipeline.weights.random_init import random_init
+from pipeline.weights.random_init import placed, random_init
 from pipeline.weights.strict import load_state_dict_strict
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def build_vae(
     (built there: ``random_init``)."""
     with random_init(seed, device, dtype):
         model = AutoencoderKLWan(**config)
-    return WanVAE(model).to(device, dtype).eval().requires_grad_(False)
+    return placed(WanVAE(model), device, dtype).eval().requires_grad_(False)
 
 
 def load_vae(

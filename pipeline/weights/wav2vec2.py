@@ -22,7 +22,7 @@ from transformers import Wav2Vec2Config
 from pipeline.audio.decode import SAMPLE_RATE
 from pipeline.audio.wav2vec2 import InfiniteTalkWav2Vec2
 from pipeline.errors import WeightsError
-from pipeline.weights.random_init import random_init
+from pipeline.weights.random_init import placed, random_init
 from pipeline.weights.strict import load_state_dict_strict
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def build_audio_encoder(
     (built there: ``random_init``)."""
     with random_init(seed, device, dtype):
         model = InfiniteTalkWav2Vec2(Wav2Vec2Config(**config))
-    return model.to(device, dtype).eval().requires_grad_(False)
+    return placed(model, device, dtype).eval().requires_grad_(False)
 
 
 def load_audio_encoder(

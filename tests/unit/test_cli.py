@@ -108,3 +108,35 @@ def test_bad_token_chunk_is_refused_before_anything_loads(capsys, tmp_path, asse
         main(["generate", *argv])
     assert exit_info.value.code == 2
     assert "--token-chunk" in capsys.readouterr().err
+
+
+def test_a_kernel_this_device_cannot_run_is_refused_by_name(capsys, tmp_path, assets):
+    args = _args(assets / "portrait.png", assets / "speech.wav", tmp_path / "o.mp4", "--device", "cpu")
+    code, err = _run(capsys, *args, "--attention", "sdpa-cudnn")
+    assert code == 2 and "'sdpa-cudnn' runs on CUDA GPUs; the model is on cpu" in err
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_fast_path_options_parse():
+    from pipeline.cli import build_parser
+
+    args = build_parser().parse_args(
+        [
+            "generate",
+            "--image",
+            "a.png",
+            "--audio",
+            "a.wav",
+            "--out",
+            "o.mp4",
+            "--attention",
+            "auto",
+            "--compile",
+        ]
+    )
+    assert (args.attention, args.compile, args.fp8) == ("auto", True, "off")
+    defaults = build_parser().parse_args(
+        ["generate", "--image", "a.png", "--audio", "a.wav", "--out", "o.mp4"]
+    )
+    # Exact kernels only by default; compiling pays off over a server's jobs, fp8 is lossy: both asked for.
+    assert (defaults.attention, defaults.compile, defaults.fp8) == ("auto", False, "off")

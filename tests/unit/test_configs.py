@@ -16,7 +16,7 @@ from serve_config_check import problems, unknown_keys  # noqa: E402
 
 from serve.config import AppConfig  # noqa: E402
 
-CONFIGS = ("local.yaml", "gpu.yaml", "cpu-demo.yaml")
+CONFIGS = ("local.yaml", "gpu.yaml", "gpu-h200.yaml", "cpu-demo.yaml")
 
 
 def load(name: str) -> dict:
@@ -97,6 +97,9 @@ def test_wrong_import_path_is_reported():
         ("storage", {"kind": "s3", "bucket": None}, "needs storage.bucket"),
         ("storage", {"kind": "gcs"}, "storage.kind"),
         ("queue", {"max_attempts": 0}, "queue.max_attempts"),
+        ("model", {"warmup_sizes": ["720*720"]}, "must look like WIDTHxHEIGHT"),
+        ("model", {"attention": "flash9"}, "model.attention"),
+        ("model", {"fp8": "fp4"}, "model.fp8"),
     ],
 )
 def test_invalid_app_args_are_reported(section, values, expected):
@@ -135,3 +138,12 @@ def test_sampler_shutdown_outlasts_its_drain(name):
     if "graceful_shutdown_timeout_s" in sampler:
         assert sampler["graceful_shutdown_timeout_s"] > drain
     assert sampler["max_ongoing_requests"] == 1
+
+
+def test_the_gpu_configs_run_the_fast_path_and_warm_up_every_api_size():
+    from serve.api.schemas import SIZES
+
+    for name in ("gpu.yaml", "gpu-h200.yaml"):
+        model = AppConfig.model_validate(load(name)["applications"][0]["args"]).model
+        assert (model.fp8.value, model.attention.value, model.compile) == ("dynamic", "auto", True), name
+        assert sorted(model.warmup_shapes()) == sorted(SIZES.values()), name

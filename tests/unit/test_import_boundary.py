@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 FORBIDDEN = ("ray", "fastapi", "pydantic", "prometheus_client", "starlette", "celery", "redis")
 
 
@@ -15,3 +17,26 @@ def test_pipeline_imports_no_serving_packages():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "", f"pipeline pulled in serving packages: {result.stdout.strip()}"
+
+
+def test_importing_the_package_leaves_torchao_out_until_fp8_is_asked_for():
+    pytest.importorskip("torchao")
+    code = (
+        "import sys\n"
+        "import pipeline.components, pipeline.pipeline, serve.app\n"
+        "import diffusers.utils.import_utils as d, transformers.utils.import_utils as t\n"
+        "print('torchao' in sys.modules, d.is_torchao_available(), t.is_torchao_available())\n"
+        "from pipeline.quantization import import_torchao\n"
+        "print(import_torchao().quantization.Float8WeightOnlyConfig.__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before_fp8, after_fp8 = result.stdout.splitlines()
+    assert before_fp8 == "False False False"
+    assert after_fp8 == "Float8WeightOnlyConfig"  # and torchao imports once asked for
+    importing = subprocess.run(
+        [sys.executable, "-c", "import pipeline.components, serve.app"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "torchao" not in importing.stderr and "Failed to load" not in importing.stderr

@@ -33,7 +33,7 @@ sys.path.insert(0, str(K8S))
 
 from kustomize_render import KustomizeError, apply_json_patch, render  # noqa: E402
 
-OVERLAYS = ("overlays/h100", "overlays/cpu-demo", "overlays/h100-s3-weights")
+OVERLAYS = ("overlays/h100", "overlays/cpu-demo", "overlays/h100-s3-weights", "overlays/h200")
 K8S_VERSION = "1.34"
 CORE_API_VERSIONS = frozenset({"v1", "apps/v1", "networking.k8s.io/v1", "batch/v1", "policy/v1"})
 CUSTOM_KINDS = frozenset({"RayService", "PodMonitor", "ServiceMonitor", "PrometheusRule"})

@@ -25,6 +25,7 @@ from serve.config import AppConfig  # noqa: E402
 OVERLAY_CONFIGS = {
     "overlays/h100": "configs/gpu.yaml",
     "overlays/h100-s3-weights": "configs/gpu.yaml",
+    "overlays/h200": "configs/gpu-h200.yaml",
     "overlays/cpu-demo": "configs/cpu-demo.yaml",
 }
 BODY_SLACK_BYTES = 64 * 1024  # serve.api.routes: the app's body limit = 2 * 4/3 * largest input cap + slack
@@ -315,3 +316,41 @@ def test_h100_overlay_selects_h100_nodes_with_one_gpu_per_sampler():
     for resource in ("cpu", "memory"):
         h100 = quantity(gpu["containers"][0]["resources"]["requests"][resource])
         assert h100 > quantity(base_gpu["containers"][0]["resources"]["requests"][resource])
+
+
+def test_h200_overlay_shares_each_h200_between_two_samplers():
+    docs = render(ROOT / "k8s/overlays/h200")
+    gpu_group, gpu = next((group, pod) for name, group, pod in groups(docs) if name == "gpu")
+    sampler = deployment(serve_config(docs), "Sampler")["ray_actor_options"]
+    assert gpu["nodeSelector"]["nvidia.com/gpu.product"] == "NVIDIA-H200"
+    assert gpus(gpu) == 1 and sampler["num_gpus"] == 0.5
+    # Both Samplers' CPUs, and no room for a CPU-only replica to settle on the GPU pod.
+    assert start_param(gpu_group, "num-cpus") == 2 * sampler["num_cpus"]
+    assert quantity(gpu["containers"][0]["resources"]["limits"]["cpu"]) >= start_param(gpu_group, "num-cpus")
+
+
+def test_the_h200_config_is_the_gpu_config_but_for_the_samplers_placement():
+    gpu = yaml.safe_load((ROOT / "configs/gpu.yaml").read_text())
+    h200 = yaml.safe_load((ROOT / "configs/gpu-h200.yaml").read_text())
+    gpu_sampler, h200_sampler = (deployment(config, "Sampler") for config in (gpu, h200))
+    assert h200_sampler["ray_actor_options"]["num_gpus"] * 2 == gpu_sampler["ray_actor_options"]["num_gpus"]
+    # As many GPUs at the most: twice the replicas.
+    assert (
+        h200_sampler["autoscaling_config"]["max_replicas"]
+        == 2 * gpu_sampler["autoscaling_config"]["max_replicas"]
+    )
+    for sampler in (gpu_sampler, h200_sampler):
+        del sampler["ray_actor_options"]["num_gpus"], sampler["autoscaling_config"]["max_replicas"]
+    assert h200 == gpu
+
+
+def test_gpu_pods_keep_compiled_kernels_in_a_volume(rendered):
+    _, docs = rendered
+    for name, _, pod in groups(docs):
+        if gpus(pod) == 0:
+            continue
+        container = pod["containers"][0]
+        cache = next(env["value"] for env in container["env"] if env["name"] == "TORCHINDUCTOR_CACHE_DIR")
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == cache)
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        assert "emptyDir" in volume and not mount.get("readOnly"), name

@@ -73,9 +73,32 @@ def test_off_changes_nothing():
     assert torch.equal(_one_pass(model, inputs), reference)
 
 
-def test_dynamic_needs_a_recent_gpu():
-    with pytest.raises(InputError, match=r"'dynamic'.*GPU.*Use 'weights'"):
-        quantize_transformer(_tiny_transformer(torch.float32), "dynamic")
+@pytest.mark.parametrize("mode", ["dynamic", "dynamic-tensorwise"])
+def test_fp8_matmuls_need_a_recent_gpu(mode):
+    with pytest.raises(InputError, match=rf"'{mode}'.*GPU.*Use 'weights'"):
+        quantize_transformer(_tiny_transformer(torch.float32), mode)
+
+
+@pytest.mark.parametrize(
+    ("mode", "granularity"), [("dynamic", "PerRow"), ("dynamic-tensorwise", "PerTensor")]
+)
+def test_each_matmul_mode_asks_torchao_for_its_scales_and_leaves_inductor_alone(
+    monkeypatch, mode, granularity
+):
+    import torchao.quantization
+
+    from pipeline import quantization
+
+    seen = []
+    monkeypatch.setattr(quantization, "_check_dynamic_support", lambda device, mode: None)  # no GPU here
+    monkeypatch.setattr(
+        torchao.quantization, "quantize_", lambda model, config, filter_fn: seen.append(config)
+    )
+    quantize_transformer(_tiny_transformer(torch.float32), mode)
+    (config,) = seen
+    assert type(config).__name__ == "Float8DynamicActivationFloat8WeightConfig"
+    assert {type(g).__name__ for g in config.granularity} == {granularity}
+    assert config.set_inductor_config is False
 
 
 def test_unknown_mode_is_refused():

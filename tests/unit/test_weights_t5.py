@@ -231,3 +231,22 @@ def test_missing_and_broken_inputs_are_named(tmp_path, reference):
     reference.config.to_json_file(folder / "config.json")
     with pytest.raises(WeightsError, match="text_encoder: no weights"):
         load_text_encoder(folder)
+
+
+def test_every_random_builder_builds_where_the_model_runs_in_its_dtype():
+    """Off the host the 14B preset's models are built on their device in bf16 (on the meta device here: no
+    memory), never on the host in fp32 first; the DiT's own builder does the same (test_weights_dit)."""
+    from pipeline.presets import INFINITETALK_14B
+    from pipeline.weights.clip import build_image_encoder
+    from pipeline.weights.vae import build_vae
+    from pipeline.weights.wav2vec2 import build_audio_encoder
+
+    for build, config in (
+        (build_text_encoder, INFINITETALK_14B.text_encoder),
+        (build_image_encoder, INFINITETALK_14B.image_encoder),
+        (build_vae, INFINITETALK_14B.vae),
+        (build_audio_encoder, INFINITETALK_14B.audio_encoder),
+    ):
+        model = build(config, 0, device="meta", dtype=torch.bfloat16)
+        assert {(p.device.type, p.dtype) for p in model.parameters()} == {("meta", torch.bfloat16)}, build
+    assert torch.get_default_dtype() == torch.float32  # the default dtype is put back
