@@ -29,12 +29,12 @@ from bench.report import bench_parser, table, write_result
 from bench.tensor_memory import default_dtype, fake_tensors, peak_bytes
 from bench.weights_memory import GPU_GIB
 from bench.weights_memory import measure as measure_weights
-from pipeline.cli import parse_size
 from pipeline.conditioning.clip import ClipImageEncoder
 from pipeline.conditioning.vae import WanVAE
 from pipeline.models.transformer import InfiniteTalkTransformer3DModel
 from pipeline.pipeline import decode_chunk, predict_velocity
 from pipeline.presets import Preset, get_preset
+from pipeline.sizes import parse_size
 from pipeline.streaming import CHUNK_FRAMES
 from pipeline.warmup import pass_inputs
 from pipeline.weights.dit import build_transformer

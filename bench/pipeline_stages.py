@@ -21,10 +21,10 @@ import torch
 
 from bench.report import bench_parser, table, write_result
 from pipeline.audio import decode_audio
-from pipeline.cli import parse_size
 from pipeline.components import load_components
 from pipeline.conditioning import load_image
 from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
+from pipeline.sizes import parse_size
 
 ASSETS = Path(__file__).resolve().parents[1] / "pipeline" / "assets"
 LENGTHS = (125, 250)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -17,6 +18,7 @@ from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+_SOURCE_FOLDERS = ("pipeline", "serve", "bench")
 _PACKAGES = ("torch", "diffusers", "transformers", "ray", "xformers", "flash-attn", "torchao")
 
 
@@ -36,6 +38,16 @@ def commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{head}-dirty" if dirty else head
+
+
+def source_digest() -> str:
+    """SHA-256 over the project's Python sources as they are on disk (``pipeline/``, ``serve/``, ``bench/``):
+    names the code a result came from even where the checkout's git metadata is stale (the lent GPU machine
+    gets the working tree, not the commit). Recompute it on a checkout to find the matching commit."""
+    digest = hashlib.sha256()
+    for path in sorted(p for folder in _SOURCE_FOLDERS for p in (REPO_ROOT / folder).rglob("*.py")):
+        digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -88,6 +100,7 @@ def write_result(name: str, figures: dict[str, Any], results_dir: Path = RESULTS
         "benchmark": name,
         "measured_at": stamp,
         "commit": commit(),
+        "source_digest": source_digest(),
         "versions": versions(),
         "device": device_description(),
         "figures": figures,

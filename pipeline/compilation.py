@@ -24,18 +24,17 @@ RECOMPILE_LIMIT = 32
 def compile_transformer(transformer: InfiniteTalkTransformer3DModel, tuned: bool = False) -> None:
     """Compile every block in place (fullgraph: a graph break would be a silent slowdown, so it fails).
 
-    ``tuned``: Inductor's coordinate-descent tuning of its generated kernels (what torchao's quantisation
-    turns on for the whole process when left to it): a longer compile for possibly faster kernels.
+    ``tuned``: switch on Inductor's coordinate-descent tuning of its generated kernels for the process (what
+    torchao's quantisation would do if left to it): on an H200 the first 720x720 pass took 185 s instead of
+    20 s, for passes 2 % faster. Untuned, Inductor's settings are left as they are (the environment's
+    ``TORCHINDUCTOR_COORDINATE_DESCENT_TUNING`` included).
     """
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    torch._inductor.config.coordinate_descent_tuning = tuned
-    torch._inductor.config.coordinate_descent_check_all_directions = tuned
+    if tuned:
+        torch._inductor.config.coordinate_descent_tuning = True
+        torch._inductor.config.coordinate_descent_check_all_directions = True
     transformer.compile_repeated_blocks(fullgraph=True, dynamic=False)
     logger.info(
         "DiT blocks compiled (torch.compile, static shapes%s); each new shape compiles on its first pass",
         ", coordinate-descent tuning" if tuned else "",
     )
-
-
-def is_compiled(transformer: InfiniteTalkTransformer3DModel) -> bool:
-    return any(getattr(block, "_compiled_call_impl", None) is not None for block in transformer.blocks)

@@ -79,8 +79,9 @@ def load_components(
     token_chunk: int | None = None,
     vae_tiling: bool = False,
     batch_guidance: bool = True,
-    attention: AttentionKernel | str = AttentionKernel.SDPA,
+    attention: AttentionKernel | str = AttentionKernel.AUTO,
     compile: bool = False,
+    compile_tuning: bool = False,
 ) -> Components:
     """The tiny preset builds random weights from its fixed seed; the 14B preset loads ``weights_dir``.
 
@@ -88,8 +89,9 @@ def load_components(
     ``pipeline.quantization``. ``token_chunk``, ``vae_tiling`` and ``batch_guidance=False`` lower the
     activation peak (the same DiT output; the tiled VAE blends tile seams); what each saves is counted by
     ``python -m bench.activation_memory``. ``attention`` picks the self-attention kernel
-    (``pipeline.models.attention_kernels``; ``auto``: the fastest this device runs) and ``compile`` compiles
-    the DiT's blocks (``pipeline.compilation``; warm it up with ``pipeline.warmup.warm_up``).
+    (``pipeline.models.attention_kernels``; ``auto``: the fastest exact kernel this device runs) and
+    ``compile`` compiles the DiT's blocks (``pipeline.compilation``, with Inductor's kernel tuning when
+    ``compile_tuning``; warm it up with ``pipeline.warmup.warm_up``).
     """
     preset = get_preset(preset_name)
     device = resolve_device(device)
@@ -114,6 +116,7 @@ def load_components(
         batch_guidance=batch_guidance,
         attention=attention,
         compile=compile,
+        compile_tuning=compile_tuning,
     )
 
 
@@ -124,8 +127,9 @@ def apply_options(
     token_chunk: int | None = None,
     vae_tiling: bool = False,
     batch_guidance: bool = True,
-    attention: AttentionKernel | str = AttentionKernel.SDPA,
+    attention: AttentionKernel | str = AttentionKernel.AUTO,
     compile: bool = False,
+    compile_tuning: bool = False,
 ) -> Components:
     """How loaded models run (``load_components`` explains each option), recorded in ``identities``.
 
@@ -133,12 +137,14 @@ def apply_options(
     fp8 = Fp8Mode(fp8)
     _check_token_chunk(token_chunk)
     transformer = components.transformer
-    kernel = resolve_kernel(attention, components.device, transformer.config.attention_head_dim)
+    kernel = resolve_kernel(
+        attention, components.device, components.dtype, transformer.config.attention_head_dim
+    )
     transformer.set_token_chunk(token_chunk)
     transformer.set_attention_kernel(kernel)
     quantize_transformer(transformer, fp8)
     if compile:
-        compile_transformer(transformer)
+        compile_transformer(transformer, tuned=compile_tuning)
     if vae_tiling:
         components.vae.enable_tiling()
     else:
@@ -150,7 +156,7 @@ def apply_options(
         "vae_tiling": "on" if vae_tiling else "off",
         "guidance": "batched when cfg ≠ 1" if batch_guidance else "one pass at a time when cfg ≠ 1",
         "attention": kernel.value,
-        "compiled": "yes" if compile else "no",
+        "compiled": ("yes, tuned" if compile_tuning else "yes") if compile else "no",
     }
     return components
 

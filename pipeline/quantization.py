@@ -51,8 +51,8 @@ def quantize_transformer(transformer: nn.Module, mode: Fp8Mode | str) -> int:
         _check_dynamic_support(device, mode)
     torchao = import_torchao()
     quantization = torchao.quantization
-    # torchao would also switch on Inductor's coordinate-descent tuning for the whole process (a 185 s first
-    # pass on an H200 instead of ...); pipeline.compilation decides Inductor's settings.
+    # torchao would also switch on Inductor's coordinate-descent tuning for the whole process (on an H200 a
+    # 185 s first compiled pass instead of 20 s); pipeline.compilation decides Inductor's settings.
     if mode is Fp8Mode.WEIGHTS:
         config = quantization.Float8WeightOnlyConfig(set_inductor_config=False)
     else:

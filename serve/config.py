@@ -7,15 +7,14 @@ process that needs them, so the same YAML can be committed, embedded in a RaySer
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.errors import SizeError
 from pipeline.presets import PRESETS, AttentionKernel, Fp8Mode
-
-_SIZE = re.compile(r"[1-9][0-9]*x[1-9][0-9]*")
+from pipeline.sizes import parse_size
 
 
 class _Strict(BaseModel):
@@ -77,12 +76,14 @@ class ModelConfig(_Strict):
     @classmethod
     def _sizes_parse(cls, sizes: list[str]) -> list[str]:
         for size in sizes:
-            if _SIZE.fullmatch(size) is None:
-                raise ValueError(f"warmup size {size!r} must look like WIDTHxHEIGHT, e.g. 720x720")
+            try:
+                parse_size(size)
+            except SizeError as error:
+                raise ValueError(f"warmup_sizes: {error.message}") from None
         return sizes
 
     def warmup_shapes(self) -> list[tuple[int, int]]:
-        return [(int(w), int(h)) for w, h in (size.split("x") for size in self.warmup_sizes)]
+        return [parse_size(size) for size in self.warmup_sizes]
 
     @model_validator(mode="after")
     def _preset_known(self) -> ModelConfig:

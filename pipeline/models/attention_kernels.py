@@ -42,37 +42,54 @@ _SDPA_BACKENDS = {
     AttentionKernel.SDPA_FLASH: [SDPBackend.FLASH_ATTENTION],
 }
 _SAGE_HEAD_DIMS = (64, 96, 128)
+# What PyTorch's fused kernels take: cuDNN's and FlashAttention-2's need Ampere or newer, half precision, and
+# head dims that are multiples of 8 up to 256 (cuDNN's limit; FlashAttention-2's too).
+_FUSED_MIN_CAPABILITY = (8, 0)
+_FUSED_DTYPES = (torch.float16, torch.bfloat16)
+_FUSED_MAX_HEAD_DIM = 256
 
 
-def unusable_reason(kernel: AttentionKernel, device: torch.device, head_dim: int) -> str | None:
+def unusable_reason(
+    kernel: AttentionKernel, device: torch.device, dtype: torch.dtype, head_dim: int
+) -> str | None:
     """Why ``kernel`` cannot run the DiT's self-attention here, or None when it can."""
     if kernel in (AttentionKernel.SDPA, AttentionKernel.AUTO):
         return None
     if device.type != "cuda":
         return f"'{kernel.value}' runs on CUDA GPUs; the model is on {device}"
-    if kernel is AttentionKernel.SDPA_CUDNN and not torch.backends.cudnn.is_available():
-        return "'sdpa-cudnn' needs cuDNN, which this PyTorch build lacks"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < _FUSED_MIN_CAPABILITY:
+        return f"'{kernel.value}' needs compute capability 8.0 or newer, this GPU has {major}.{minor}"
+    if dtype not in _FUSED_DTYPES:
+        return f"'{kernel.value}' runs in bf16 or fp16, the model is in {str(dtype).removeprefix('torch.')}"
     if kernel is AttentionKernel.SAGE:
         if importlib.util.find_spec("sageattention") is None:
             return "'sage' needs SageAttention: pip install sageattention"
         if head_dim not in _SAGE_HEAD_DIMS:
             return f"'sage' takes head dims {_SAGE_HEAD_DIMS}, the model has {head_dim}"
+        return None
+    if head_dim % 8 or head_dim > _FUSED_MAX_HEAD_DIM:
+        return f"'{kernel.value}' takes head dims that are multiples of 8 up to 256, the model has {head_dim}"
+    if kernel is AttentionKernel.SDPA_CUDNN and not torch.backends.cudnn.is_available():
+        return "'sdpa-cudnn' needs cuDNN, which this PyTorch build lacks"
     return None
 
 
-def resolve_kernel(requested: AttentionKernel | str, device: torch.device, head_dim: int) -> AttentionKernel:
+def resolve_kernel(
+    requested: AttentionKernel | str, device: torch.device, dtype: torch.dtype, head_dim: int
+) -> AttentionKernel:
     """``auto`` → the first usable kernel of ``AUTO_ORDER`` (logged with what it fell back from); an
     explicit kernel that cannot run here is an ``InputError`` naming why."""
     requested = AttentionKernel(requested)
     if requested is not AttentionKernel.AUTO:
-        reason = unusable_reason(requested, device, head_dim)
+        reason = unusable_reason(requested, device, dtype, head_dim)
         if reason is not None:
             raise InputError(f"attention kernel {reason}")
         logger.info("self-attention kernel: %s (asked for)", requested.value)
         return requested
     skipped = []
     for candidate in AUTO_ORDER:
-        reason = unusable_reason(candidate, device, head_dim)
+        reason = unusable_reason(candidate, device, dtype, head_dim)
         if reason is None:
             fallback = f"; not usable: {'; '.join(skipped)}" if skipped else ""
             logger.info("self-attention kernel: %s (auto%s)", candidate.value, fallback)

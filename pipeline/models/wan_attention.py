@@ -159,11 +159,11 @@ class WanAttentionProcessor:
                 value_image.unflatten(2, (attn.heads, -1)),
             )
 
-        def attend(part: torch.Tensor) -> torch.Tensor:
+        def attend_slice(part: torch.Tensor) -> torch.Tensor:
             query = attn.norm_q(attn.to_q(prepare(part))).unflatten(2, (attn.heads, -1))
             out = self._attend(query, key, value)
             if image_kv is not None:
                 out = out + self._attend(query, *image_kv)
             return attn.to_out[1](attn.to_out[0](out))
 
-        return map_slices(attend, self.tokens, hidden_states)
+        return map_slices(attend_slice, self.tokens, hidden_states)

@@ -11,7 +11,6 @@ read alone, cast and moved to the target device as it is read, so the 14B model 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
@@ -29,6 +28,7 @@ from pipeline.models.transformer import InfiniteTalkTransformer3DModel
 from pipeline.presets import INFINITETALK_14B
 from pipeline.weights import lora
 from pipeline.weights.checkpoint_files import finish_loading, read_json, read_tensors
+from pipeline.weights.random_init import random_init
 from pipeline.weights.strict import check_state_dict, load_state_dict_strict
 
 logger = logging.getLogger(__name__)
@@ -117,18 +117,8 @@ def build_transformer(
     in fp32 would take minutes and 56 GB of host memory. Under fake tensors (``bench.tensor_memory``) it is
     built the host's way and holds no data.
     """
-    device = torch.device(device)
-    on_host = device.type == "cpu"
-    previous_dtype = torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        if not on_host:
-            torch.set_default_dtype(dtype)
-        try:
-            with contextlib.nullcontext() if on_host else device:
-                model = InfiniteTalkTransformer3DModel(**config)
-        finally:
-            torch.set_default_dtype(previous_dtype)
+    with random_init(seed, device, dtype):
+        model = InfiniteTalkTransformer3DModel(**config)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             parameter.data = parameter.data.to(parameter_dtype(model, name, dtype))

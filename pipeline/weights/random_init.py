@@ -24,7 +24,9 @@ def random_init(
     builders cast them to ``dtype`` after.
     """
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # manual_seed reseeds every CUDA device, so every one's state is put back, not only the target's.
+    cuda_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         if device.type == "cpu":
             yield

@@ -23,6 +23,14 @@ from pipeline.warmup import pass_inputs
 from pipeline.weights.dit import build_transformer
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # reasons are decided from the device, no GPU needed
+BF16, FP32 = torch.bfloat16, torch.float32
+
+
+@pytest.fixture
+def hopper(monkeypatch):
+    """A CUDA device of compute capability 9.0 with cuDNN, as far as the kernel checks can tell."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
 
 
 @pytest.fixture
@@ -49,40 +57,59 @@ def _run(model, inputs) -> torch.Tensor:
 @pytest.mark.parametrize("kernel", ["sdpa-cudnn", "sdpa-flash", "sage"])
 def test_gpu_kernels_are_refused_off_the_gpu_with_the_reason(kernel):
     with pytest.raises(InputError, match=f"'{kernel}' runs on CUDA GPUs; the model is on cpu"):
-        resolve_kernel(kernel, CPU, 128)
+        resolve_kernel(kernel, CPU, FP32, 128)
 
 
 def test_auto_is_sdpa_off_the_gpu(caplog):
     with caplog.at_level(logging.INFO, logger=attention_kernels.__name__):
-        assert resolve_kernel("auto", CPU, 128) is AttentionKernel.SDPA
+        assert resolve_kernel("auto", CPU, FP32, 128) is AttentionKernel.SDPA
     assert "self-attention kernel: sdpa (auto; not usable: 'sdpa-cudnn' runs on CUDA GPUs" in caplog.text
 
 
-def test_auto_takes_cudnn_on_a_gpu_with_cudnn_and_says_what_it_fell_back_from(monkeypatch, caplog):
-    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
-    assert resolve_kernel("auto", CUDA, 128) is AttentionKernel.SDPA_CUDNN
+def test_auto_takes_cudnn_on_a_gpu_with_cudnn_and_says_what_it_fell_back_from(hopper, monkeypatch, caplog):
+    assert resolve_kernel("auto", CUDA, BF16, 128) is AttentionKernel.SDPA_CUDNN
     monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: False)
     with caplog.at_level(logging.INFO, logger=attention_kernels.__name__):
-        assert resolve_kernel("auto", CUDA, 128) is AttentionKernel.SDPA
+        assert resolve_kernel("auto", CUDA, BF16, 128) is AttentionKernel.SDPA
     assert "not usable: 'sdpa-cudnn' needs cuDNN" in caplog.text
 
 
-def test_auto_never_picks_sage_which_measured_slower_than_cudnn():
+@pytest.mark.parametrize(
+    ("capability", "dtype", "head_dim", "reason"),
+    [
+        ((7, 5), BF16, 128, "compute capability 8.0 or newer, this GPU has 7.5"),  # a T4
+        ((9, 0), FP32, 128, "runs in bf16 or fp16, the model is in float32"),
+        ((9, 0), BF16, 100, "multiples of 8 up to 256"),
+        ((9, 0), BF16, 512, "multiples of 8 up to 256"),
+    ],
+)
+def test_auto_falls_back_to_sdpa_where_the_fused_kernels_cannot_run(
+    hopper, monkeypatch, capability, dtype, head_dim, reason
+):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve_kernel("auto", CUDA, dtype, head_dim) is AttentionKernel.SDPA
+    for kernel in ("sdpa-cudnn", "sdpa-flash"):
+        with pytest.raises(InputError, match=reason):
+            resolve_kernel(kernel, CUDA, dtype, head_dim)
+
+
+def test_auto_order_leaves_sage_out_and_ends_with_what_runs_anywhere():
+    # SageAttention 1.0.6 measured slower than cuDNN on the H200 (docs/architecture.md, "Fast path").
     assert AttentionKernel.SAGE not in attention_kernels.AUTO_ORDER
-    assert attention_kernels.AUTO_ORDER[-1] is AttentionKernel.SDPA  # what runs anywhere comes last
+    assert attention_kernels.AUTO_ORDER[-1] is AttentionKernel.SDPA
 
 
-def test_sage_needs_its_package_and_a_head_dim_it_has_kernels_for(monkeypatch):
+def test_sage_needs_its_package_and_a_head_dim_it_has_kernels_for(hopper, monkeypatch):
     monkeypatch.setattr(attention_kernels.importlib.util, "find_spec", lambda name: None)
-    assert "pip install sageattention" in unusable_reason(AttentionKernel.SAGE, CUDA, 128)
+    assert "pip install sageattention" in unusable_reason(AttentionKernel.SAGE, CUDA, BF16, 128)
     monkeypatch.setattr(attention_kernels.importlib.util, "find_spec", lambda name: object())
-    assert unusable_reason(AttentionKernel.SAGE, CUDA, 128) is None
-    assert "head dims" in unusable_reason(AttentionKernel.SAGE, CUDA, 80)
+    assert unusable_reason(AttentionKernel.SAGE, CUDA, BF16, 128) is None
+    assert "head dims" in unusable_reason(AttentionKernel.SAGE, CUDA, BF16, 80)
 
 
 def test_unknown_kernels_are_refused_by_name():
     with pytest.raises(ValueError, match="'flash9' is not a valid AttentionKernel"):
-        resolve_kernel("flash9", CPU, 128)
+        resolve_kernel("flash9", CPU, FP32, 128)
 
 
 def test_load_components_records_the_resolved_kernel_and_refuses_one_that_cannot_run():

@@ -15,8 +15,8 @@ from bench.gpu_sampler import (
     choose_kernel,
     count_pass_flops,
     main,
-    psnr_db,
 )
+from bench.jobs import psnr_db
 from pipeline.models.attention_kernels import AttentionKernel
 from pipeline.presets import INFINITETALK_14B, Fp8Mode
 
@@ -86,6 +86,9 @@ def test_the_whole_run_on_the_cpu_writes_every_phase(tmp_path, capsys):
     assert "runs on CUDA GPUs" in rows["eager float32, sage"]["error"]  # each kernel: a row, timed or why not
     assert 0 < rows["eager fp8 weights, sdpa"]["relative_distance"] < PASS_DISTANCE_BOUND
     assert "GPU" in rows["eager fp8 dynamic, sdpa"]["error"]
+    assert (
+        rows["eager, sdpa, token chunk 4096"]["relative_distance"] < 1e-5
+    )  # chunking is the same arithmetic
     assert figures["chosen_kernel"] == "sdpa" and figures["chosen_fp8"] in ("off", "weights")
     compiled = next(row for variant, row in rows.items() if variant.startswith("compiled"))
     assert compiled["first_call_seconds"] > compiled["seconds_per_pass"] > 0
@@ -99,9 +102,10 @@ def test_the_whole_run_on_the_cpu_writes_every_phase(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_fast_job_alone(tmp_path):
-    argv = [*TINY_RUN, "--fp8", "weights", "--kernels", "sdpa", "--fast-job-only", "--results", str(tmp_path)]
+    argv = [*TINY_RUN, "--fast-fp8", "weights", "--fast-job-only", "--results", str(tmp_path)]
     assert main(argv) == 0
     (path,) = tmp_path.glob("gpu_sampler-2*.json")
     figures = json.loads(path.read_text())["figures"]
     assert figures["fast_path"]["warmup_seconds"] and figures["passes"][0]["seconds_per_pass"] > 0
+    assert figures["fast_path"]["compiled"] == "yes" and figures["fast_path"]["attention"] == "sdpa"
     assert figures["fast_job"]["seconds"] > 0

@@ -27,3 +27,20 @@ def test_table_aligns_columns_and_rounds_numbers():
 
 def test_table_without_rows_is_its_header():
     assert table(["size", "s/pass"], []).splitlines() == ["size  s/pass", "----  ------"]
+
+
+def test_the_source_digest_names_the_code_on_disk(tmp_path, monkeypatch):
+    import bench.report as report
+
+    for folder in ("pipeline", "serve", "bench"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(report, "REPO_ROOT", tmp_path)
+    before = report.source_digest()
+    assert before == report.source_digest()  # the same files, the same digest
+    (tmp_path / "serve" / "a.py").write_text("x = 2\n")
+    assert report.source_digest() != before
+    (tmp_path / "serve" / "a.py").write_text("x = 1\n")
+    (tmp_path / "serve" / "b.py").write_text("")  # a new file counts, even an empty one
+    assert report.source_digest() != before
+    assert json.loads(write_result("demo", {}, tmp_path / "out").read_text())["source_digest"]

@@ -6,8 +6,9 @@ import wave
 
 import pytest
 
-from pipeline.cli import main, parse_lora, parse_size
+from pipeline.cli import main, parse_lora
 from pipeline.errors import InputError, SizeError
+from pipeline.sizes import parse_size
 
 
 @pytest.fixture

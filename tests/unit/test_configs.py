@@ -98,6 +98,7 @@ def test_wrong_import_path_is_reported():
         ("storage", {"kind": "gcs"}, "storage.kind"),
         ("queue", {"max_attempts": 0}, "queue.max_attempts"),
         ("model", {"warmup_sizes": ["720*720"]}, "must look like WIDTHxHEIGHT"),
+        ("model", {"warmup_sizes": ["721x720"]}, "must be even"),
         ("model", {"attention": "flash9"}, "model.attention"),
         ("model", {"fp8": "fp4"}, "model.fp8"),
     ],

@@ -345,10 +345,10 @@ def test_the_h200_config_is_the_gpu_config_but_for_the_samplers_placement():
 
 
 def test_gpu_pods_keep_compiled_kernels_in_a_volume(rendered):
-    _, docs = rendered
-    for name, _, pod in groups(docs):
-        if gpus(pod) == 0:
-            continue
+    overlay, docs = rendered
+    gpu_pods = [(name, pod) for name, _, pod in groups(docs) if gpus(pod) > 0]
+    assert bool(gpu_pods) == (overlay != "overlays/cpu-demo")
+    for name, pod in gpu_pods:
         container = pod["containers"][0]
         cache = next(env["value"] for env in container["env"] if env["name"] == "TORCHINDUCTOR_CACHE_DIR")
         mount = next(m for m in container["volumeMounts"] if m["mountPath"] == cache)
