@@ -47,7 +47,7 @@ import yaml
 from loadtest.client import DEFAULT_TOKEN, ApiClient, JobOutcome, job_body
 from loadtest.stack import APP_NAME, find_replicas, is_constructed
 from serve.config import AppConfig
-from serve.jobs import EmbeddedRedis
+from serve.jobs.embedded_redis import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
 

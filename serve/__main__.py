@@ -24,7 +24,8 @@ import yaml
 
 from serve.config import AppConfig
 from serve.ingress_proxy import HAPROXY_SWITCH, HAProxyMissing, ingress_environment, uses_haproxy
-from serve.jobs import EmbeddedRedis, JobStore
+from serve.jobs.embedded_redis import EmbeddedRedis
+from serve.jobs.store import JobStore
 from serve.services import RedisNotConfigured, Services, resolve_redis_url
 
 DEFAULT_CONFIG = Path("configs/local.yaml")

@@ -37,7 +37,8 @@ import pytest
 import yaml
 
 from serve.config import AppConfig
-from serve.jobs import EmbeddedRedis, JobStore
+from serve.jobs.embedded_redis import EmbeddedRedis
+from serve.jobs.store import JobStore
 
 from .integration_stack import (
     APP_NAME,
