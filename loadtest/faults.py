@@ -119,7 +119,11 @@ class FaultReport:
 
     @property
     def ok(self) -> bool:
-        """Every accepted job terminal, no duplicate result, and never a 500 (503 is the API's answer)."""
+        """Every accepted job terminal, no duplicate result, and never a 500 from the API (503 is its answer).
+
+        A ``front 5xx`` (the proxy answering for a replica that died under the request) counts, not fails:
+        a request in flight to a SIGKILLed process cannot be answered by it.
+        """
         return not self.lost and not self.duplicates and "500" not in self.api_errors
 
     def render(self) -> str:
@@ -145,14 +149,18 @@ class FaultReport:
 
 
 class Prober(threading.Thread):
-    """Polls ``/healthz`` and the status of some jobs a few times a second, counting error answers."""
+    """Polls ``/healthz`` and the status of some jobs a few times a second, counting error answers.
+
+    An answer counts under its status code (``0`` when the connection failed). A 5xx whose body is not the
+    API's JSON error envelope came from the HTTP front, not from the API: it counts as ``front <code>``.
+    """
 
     def __init__(self, target: FaultTarget, request_ids: list[str]) -> None:
         super().__init__(name="fault-prober", daemon=True)
         self._client = ApiClient(target.base_url, target.token, timeout=5.0)
         self._ids = request_ids
         self._stop_event = threading.Event()
-        self.errors: Counter[int] = Counter()
+        self.errors: Counter[str] = Counter()
 
     def run(self) -> None:
         while not self._stop_event.wait(PROBE_INTERVAL_S):
@@ -162,16 +170,30 @@ class Prober(threading.Thread):
 
     def _probe(self, path: str) -> None:
         try:
-            status = self._client.http.get(path).status_code
+            response = self._client.http.get(path)
         except httpx.HTTPError:
-            status = 0
-        if status >= 400 or status == 0:
-            self.errors[status] += 1
+            self.errors["0"] += 1
+            return
+        if response.status_code >= 400:
+            self.errors[error_label(response)] += 1
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join(10)
         self._client.close()
+
+
+def error_label(response: httpx.Response) -> str:
+    """``"503"`` for an answer of the API; ``"front 500"`` for a 5xx the HTTP front made up itself."""
+    status = str(response.status_code)
+    if response.status_code < 500:
+        return status
+    try:
+        body = response.json()
+    except ValueError:
+        return f"front {status}"
+    from_api = isinstance(body, dict) and isinstance(body.get("error"), dict) and "code" in body["error"]
+    return status if from_api else f"front {status}"
 
 
 # -- process handles -----------------------------------------------------------------------------------------
@@ -301,7 +323,7 @@ class _Run:
     def stop_prober(self) -> None:
         if self.prober is not None:
             self.prober.stop()
-            self.report.api_errors = {str(s): n for s, n in sorted(self.prober.errors.items())}
+            self.report.api_errors = dict(sorted(self.prober.errors.items()))
 
     def finish(self, *, cancel_queued: bool = False) -> FaultReport:
         self.stop_prober()

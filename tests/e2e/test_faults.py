@@ -42,7 +42,9 @@ def test_kill_ingress(idle_stack, fault_target: FaultTarget) -> None:
     assert report.states[running] == "completed", report.render()  # the ingress is not on the job's path
     assert report.recovery_seconds is not None and report.recovery_seconds < 180, report.render()
     assert len(report.accepted) == 2, "the restarted ingress did not accept a job"
+    # The API itself never answers 500; the one poll in flight to the killed process may get the front's 5xx.
     assert "500" not in report.api_errors, report.render()
+    assert report.api_errors.get("front 500", 0) + report.api_errors.get("front 502", 0) <= 1, report.render()
 
 
 def test_kill_audio_encoder(idle_stack, fault_target: FaultTarget) -> None:
