@@ -129,9 +129,10 @@ class Conflict(ApiError):
 
     @classmethod
     def not_cancellable(cls, request_id: str, status: str) -> Conflict:
-        """Cancel of a job that already started or finished; ``details`` carries its current state."""
+        """Cancel of a job that already finished; ``details`` carries its current state."""
         return cls(
-            f"Request {request_id} is {status} and can no longer be cancelled; only queued requests can.",
+            f"Request {request_id} is {status} and can no longer be cancelled; only queued and running "
+            "requests can.",
             code="not_cancellable",
             details=[{"request_id": request_id, "status": status}],
         )
@@ -446,7 +447,7 @@ _RESPONSE_DESCRIPTIONS = {
     400: "Malformed JSON body",
     401: "Missing, malformed or unknown bearer token",
     404: "Unknown request id (or one of another tenant)",
-    409: "Conflict with the current state (e.g. cancelling a job that already started)",
+    409: "Conflict with the current state (e.g. cancelling a job that already finished)",
     410: "Expired: past the retention period",
     413: "Body or input too large",
     415: "Unsupported media type",

@@ -319,8 +319,9 @@ def finish(
     now: float,
     status: JobStatus,
     values: Mapping[str, str],
-) -> Call[bool]:
-    """End an owned job; the first of ``values`` names its result (output key, error, cancel flag)."""
+) -> Call[JobStatus | None]:
+    """End an owned job; the first of ``values`` names its result (output key, error, cancel flag). The
+    status it ended in (a completion after a cancel ends it cancelled), or None when it is not owned."""
     args = [
         keys.prefix,
         request_id,
@@ -330,7 +331,7 @@ def finish(
         status.value,
         *[item for pair in values.items() for item in pair],
     ]
-    return Call("finish", args, bool)
+    return Call("finish", args, lambda reply: None if _text(reply) == "lost" else JobStatus(_text(reply)))
 
 
 def release(keys: Keys, policy: QueuePolicy, request_id: str, worker_id: str, now: float) -> Call[bool]:

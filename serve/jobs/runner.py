@@ -131,10 +131,6 @@ class _Heartbeat:
             except Exception:  # a Redis blip must not kill the job; the next beat retries
                 logger.warning("heartbeat of %s failed", self._id, exc_info=True)
             self._beat_at = time.monotonic()
-        if not extend:
-            logger.error(
-                "job %s made no progress for %s s: its lease is let expire", self._id, self._stall_seconds
-            )
 
 
 class JobRunner:
@@ -203,10 +199,14 @@ class JobRunner:
                 self._storage.put_file(key, out_path, "video/mp4")
             timings = {**record.timings, "fetch_inputs": fetch_seconds, **result.timings}
             timings["upload"] = time.perf_counter() - upload_started
-            if self._store.complete(request_id, worker_id, key, timings, result.reproducibility):
-                return self._finished(request_id, JobStatus.COMPLETED)
-            # Another run owns the job now (and maybe completed it): this run's video must never be shown.
+            ended = self._store.complete(request_id, worker_id, key, timings, result.reproducibility)
+            if ended is JobStatus.COMPLETED:
+                return self._finished(request_id, ended)
+            # Cancelled meanwhile, or another run owns the job now: this run's video must never be shown.
             self._storage.delete(key)
+            if ended is JobStatus.CANCELLED:
+                logger.info("job %s: cancelled while its video was stored; the video was deleted", request_id)
+                return self._finished(request_id, ended)
             logger.warning("job %s: finished after losing its lease; its video was deleted", request_id)
             return None
         except _Interrupted as interruption:

@@ -174,10 +174,11 @@ class JobStore:
         output_key: str,
         timings: Mapping[str, float] | None = None,
         reproducibility: Mapping[str, Any] | None = None,
-    ) -> bool:
-        """Publish this run's output. False when the worker no longer owns the job: the caller must delete
-        the object it wrote, since another run's output (or none) is the job's. Repeating the same call (a
-        retry after a lost reply) answers True again without changing anything."""
+    ) -> JobStatus | None:
+        """Publish this run's output: ``COMPLETED``. ``CANCELLED`` when a client cancelled the job first, and
+        None when the worker no longer owns it: either way the caller must delete the object it wrote, since
+        another run's output (or none) is the job's. Repeating the same call (a retry after a lost reply)
+        answers the same again without changing anything."""
         values = {
             "output_key": output_key,
             "timings": compact_json(dict(timings or {})),
@@ -186,24 +187,26 @@ class JobStore:
         }
         return self._finish(request_id, worker_id, JobStatus.COMPLETED, values)
 
-    def fail(self, request_id: str, worker_id: str, error: JobError) -> bool:
+    def fail(self, request_id: str, worker_id: str, error: JobError) -> JobStatus | None:
         """End the job as failed with a typed error (no retry: the error is the job's, not the worker's)."""
         return self._finish(request_id, worker_id, JobStatus.FAILED, {"error": compact_json(error.to_dict())})
 
-    def finish_cancelled(self, request_id: str, worker_id: str) -> bool:
+    def finish_cancelled(self, request_id: str, worker_id: str) -> JobStatus | None:
         """End a job a client cancelled while it ran: no output."""
         return self._finish(request_id, worker_id, JobStatus.CANCELLED, {"cancel_requested": "1"})
 
-    def _finish(self, request_id: str, worker_id: str, status: JobStatus, values: Mapping[str, str]) -> bool:
+    def _finish(
+        self, request_id: str, worker_id: str, status: JobStatus, values: Mapping[str, str]
+    ) -> JobStatus | None:
         call = operations.finish(self.keys, self.policy, request_id, worker_id, self._clock(), status, values)
-        owned = self._run(call)
-        if owned:
-            logger.info("job %s %s by %s", request_id, status.value, worker_id)
-        else:
+        ended = self._run(call)
+        if ended is None:
             logger.warning(
                 "job %s: %s by %s refused (not the lease owner)", request_id, status.value, worker_id
             )
-        return owned
+        else:
+            logger.info("job %s %s by %s", request_id, ended.value, worker_id)
+        return ended
 
     def release(self, request_id: str, worker_id: str) -> bool:
         """Hand the job back at its original place (graceful shutdown); the attempt is given back."""

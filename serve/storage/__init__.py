@@ -97,19 +97,22 @@ def load_or_create_signing_key(root: str | os.PathLike[str]) -> bytes:
     directory = Path(root).expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / _KEY_FILE_NAME
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_bytes()
-        if len(key) < _MIN_SIGNING_KEY_BYTES:
-            raise ValueError(
-                f"the signing key file {path} is too short; delete it to make a new one"
-            ) from None
-        return key
-    with os.fdopen(descriptor, "wb") as handle:
-        key = secrets.token_hex(32).encode()
-        handle.write(key)
-    logger.info("created a new URL signing key in %s", path)
+    if not path.exists():
+        # Written in full under a temporary name, then linked into place, which fails if the file exists:
+        # replicas starting together never read a half-written key, and all adopt the first one linked.
+        temp = directory / f"{_KEY_FILE_NAME}.{secrets.token_hex(8)}.tmp"
+        try:
+            with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+                handle.write(secrets.token_hex(32).encode())
+            os.link(temp, path)
+            logger.info("created a new URL signing key in %s", path)
+        except FileExistsError:
+            pass
+        finally:
+            temp.unlink(missing_ok=True)
+    key = path.read_bytes()
+    if len(key) < _MIN_SIGNING_KEY_BYTES:
+        raise ValueError(f"the signing key file {path} is too short; delete it to make a new one")
     return key
 
 

@@ -95,7 +95,9 @@ class LocalStorage:
             raise ObjectNotFound(key) from None
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        # As in get_bytes: a directory, or a path through a file, holds no object; nothing to delete.
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            self._path(key).unlink()
 
     # -- downloads -----------------------------------------------------------------------------------------
 

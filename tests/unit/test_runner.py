@@ -183,6 +183,28 @@ def test_a_running_job_cancelled_ends_cancelled_within_a_step(stack) -> None:
     assert stack.metrics.counter("jobs") == {"cancelled": 1.0}
 
 
+class CancelledAfterLastStepEngine:
+    """A client's cancel lands after the engine's last progress report, while the video is muxed."""
+
+    def __init__(self, stack: Any, request_id: str) -> None:
+        self.stack, self.request_id = stack, request_id
+
+    def run(
+        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+    ) -> EngineOutput:
+        output = OkEngine().run(settings, image, audio, out_path, progress)
+        assert self.stack.store.cancel(self.request_id, "alpha").pending
+        return output
+
+
+def test_a_cancel_after_the_last_step_still_ends_the_job_cancelled(stack) -> None:
+    request_id = stack.enqueue()
+    assert stack.claim_and_run(CancelledAfterLastStepEngine(stack, request_id)) is JobStatus.CANCELLED
+    record = stack.store.get(request_id)
+    assert record.status is JobStatus.CANCELLED and record.output_key is None
+    assert stack.objects("outputs") == []
+
+
 def test_a_run_past_the_time_limit_fails(redis_conn, tmp_path) -> None:
     """Defect: nothing bounded a run's length."""
     stack = build_stack(redis_conn, tmp_path, queue={"max_run_seconds": 600.0})
