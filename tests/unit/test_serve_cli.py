@@ -13,7 +13,6 @@ from serve.jobs import JobRecord, JobSettings
 from serve.jobs.embedded_redis import EmbeddedRedis
 from serve.services import Services
 
-
 SETTINGS = JobSettings(prompt="", width=64, height=64, frames=5, seed=1, steps=2, shift=5.0, cfg=1.0)
 
 
