@@ -180,7 +180,8 @@ class ApiClient:
         """Follow every id until it is terminal or ``timeout`` passes.
 
         ``cancel_queued`` cancels the jobs still waiting in the queue first, so only the running ones have to
-        finish before the deadline (a 409 means the job started meanwhile and is simply waited for).
+        finish before the deadline. A job that started meanwhile answers 202 and ends cancelled at its next
+        step, so it counts as cancelled by the drain too; a 409 means it ended meanwhile.
         """
         started = time.monotonic()
         ids = list(dict.fromkeys(request_ids))
@@ -190,7 +191,7 @@ class ApiClient:
                 current = self.outcome(rid)
                 if isinstance(current, JobOutcome) and current.status == "in_queue":
                     response = self.cancel(rid)
-                    if response.status_code == 200:
+                    if response.status_code in (200, 202):
                         report.cancelled_by_drain.append(rid)
         deadline = started + timeout
         pending = set(ids)

@@ -10,12 +10,13 @@ every accepted job until it is terminal or the scenario's deadline passes):
   meets a dead replica.
 * ``restart-redis``: stop the embedded Redis (SHUTDOWN flushes the AOF) with one job running and one queued,
   start it again on the same directory and port; the records and queue survive through the AOF.
-* ``fill-queue``: submit until the queue bound answers 429 (with ``Retry-After``), then cancel the queue.
+* ``fill-queue``: submit until the queue bound answers 429 (with ``Retry-After``), then cancel every job
+  (the one already running ends cancelled at its next step).
 
 Each reports jobs submitted vs terminal with their states and attempts, the HTTP errors a background
 prober saw while the fault lasted, the recovery time, and any completed job whose result is not exactly
-one video (``duplicates``: a second output object, a result that changes between reads, or an undecodable
-MP4).
+one video (``duplicates``: a second output object, such as another run's video beside the one shown, a
+result that changes between reads, or an undecodable MP4), or any other job that left an output object.
 
 Replica processes are found by their process title (``ServeReplica:infinitetalk:Sampler``), only among
 the descendants of ``--root-pid`` when given (the ``python -m serve up`` process), so a battery never
@@ -47,7 +48,7 @@ import yaml
 from loadtest.client import DEFAULT_TOKEN, ApiClient, JobOutcome, job_body
 from loadtest.stack import APP_NAME, find_replicas, is_constructed
 from serve.config import AppConfig
-from serve.jobs import EmbeddedRedis
+from serve.jobs.embedded_redis import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +253,8 @@ def check_results(client: ApiClient, target: FaultTarget, outcomes: dict[str, Jo
         if outcome.status != "completed":
             if video:
                 problems.append(f"{rid}: {outcome.status} but shows output {video}")
+            elif target.storage_root is not None and (left := _job_objects(target.storage_root, "*", rid)):
+                problems.append(f"{rid}: {outcome.status} but its output folder holds {left}")
             continue
         if not video or _storage_key(video) != _storage_key((two.get("output") or {}).get("video", "")):
             problems.append(f"{rid}: the output changes between reads")
@@ -259,12 +262,32 @@ def check_results(client: ApiClient, target: FaultTarget, outcomes: dict[str, Jo
         if one.get("finished_at") != two.get("finished_at"):
             problems.append(f"{rid}: finished_at changes between reads")
         if target.storage_root is not None:
-            directory = (target.storage_root / _storage_key(video)).parent
-            names = sorted(path.name for path in directory.iterdir()) if directory.is_dir() else []
-            if names != ["video.mp4"]:
-                problems.append(f"{rid}: output directory holds {names}, expected exactly ['video.mp4']")
+            problems += _check_stored_output(target.storage_root, rid, _storage_key(video))
         problems += _check_video(client, rid, video, target)
     return problems
+
+
+def _job_objects(storage_root: Path, tenant: str, rid: str) -> list[str]:
+    """Storage keys of every file in a job's output folder (every run's subfolder, temp files included);
+    ``tenant`` may be ``*``."""
+    return sorted(
+        path.relative_to(storage_root).as_posix()
+        for folder in storage_root.glob(f"outputs/{tenant}/{rid}")
+        for path in folder.rglob("*")
+        if path.is_file()
+    )
+
+
+def _check_stored_output(storage_root: Path, rid: str, key: str) -> list[str]:
+    """The video's key names this job and one run of it (``outputs/<tenant>/<id>/<run>/video.mp4``, each run
+    writes its own), and that object is the only one in the job's output folder: no other run's video."""
+    parts = key.split("/")
+    if len(parts) != 5 or parts[0] != "outputs" or parts[2] != rid or parts[4] != "video.mp4":
+        return [f"{rid}: the video's storage key {key!r} is not outputs/<tenant>/{rid}/<run>/video.mp4"]
+    found = _job_objects(storage_root, parts[1], rid)
+    if found != [key]:
+        return [f"{rid}: the job's output folder holds {found}, expected exactly [{key!r}]"]
+    return []
 
 
 def _check_video(client: ApiClient, rid: str, url: str, target: FaultTarget) -> list[str]:

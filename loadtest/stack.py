@@ -36,7 +36,7 @@ import psutil
 import yaml
 
 from loadtest.client import ApiClient
-from serve.jobs import EmbeddedRedis
+from serve.jobs.embedded_redis import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
 

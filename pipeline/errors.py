@@ -38,9 +38,3 @@ class WeightsError(PipelineError):
     """Model weights are missing, unreadable or do not match the architecture."""
 
     code = "weights_error"
-
-
-class CancelledError(PipelineError):
-    """A progress callback asked the generation to stop."""
-
-    code = "cancelled"

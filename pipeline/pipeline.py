@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +25,10 @@ from pipeline.color import match_colors
 from pipeline.components import Components
 from pipeline.conditioning import portrait_tensor
 from pipeline.conditioning.vae import WanVAE
-from pipeline.errors import CancelledError, InputError, SizeError
+from pipeline.errors import InputError, SizeError
 from pipeline.models.transformer import InfiniteTalkTransformer3DModel
 from pipeline.presets import NEGATIVE_PROMPT
-from pipeline.progress import Progress, ProgressCallback, ProgressTracker, Work
+from pipeline.progress import ProgressCallback, ProgressTracker, Work
 from pipeline.schedule import apply_guidance, euler_step, flow_matching_sigmas, model_timestep
 from pipeline.streaming import (
     CHUNK_FRAMES,
@@ -319,13 +319,3 @@ class InfiniteTalkPipeline:
         output.timings["mux"] = time.perf_counter() - start
         tracker.done(Work.WRITE, len(output.chunk_latents) - 1)
         return output
-
-
-def raise_if_cancelled(should_stop: Callable[[], bool]) -> ProgressCallback:
-    """A progress callback that aborts the generation between steps once ``should_stop()`` is true."""
-
-    def check(_: Progress) -> None:
-        if should_stop():
-            raise CancelledError("generation cancelled")
-
-    return check

@@ -11,7 +11,7 @@ exact requested size, the same code path 960×540 takes on the real model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pipeline.errors import InputError
@@ -24,7 +24,7 @@ NEGATIVE_PROMPT = (
 )
 
 
-class Fp8Mode(str, Enum):
+class Fp8Mode(StrEnum):
     """How the DiT's block linears are held and run (``pipeline.quantization``); any preset takes any."""
 
     OFF = "off"
@@ -37,7 +37,7 @@ class Fp8Mode(str, Enum):
         return self in (Fp8Mode.DYNAMIC, Fp8Mode.DYNAMIC_TENSORWISE)
 
 
-class AttentionKernel(str, Enum):
+class AttentionKernel(StrEnum):
     """What runs the DiT's self-attention (``pipeline.models.attention_kernels``); any preset takes any."""
 
     AUTO = "auto"

@@ -24,7 +24,9 @@ import yaml
 
 from serve.config import AppConfig
 from serve.ingress_proxy import HAPROXY_SWITCH, HAProxyMissing, ingress_environment, uses_haproxy
-from serve.jobs import EmbeddedRedis, JobStore
+from serve.jobs.embedded_redis import EmbeddedRedis
+from serve.jobs.records import JobStatus
+from serve.jobs.store import JobStore
 from serve.services import RedisNotConfigured, Services, resolve_redis_url
 
 DEFAULT_CONFIG = Path("configs/local.yaml")
@@ -82,7 +84,8 @@ def drain(config_path: Path, retry_after: int, wait_seconds: float, poll_seconds
     print(f"draining: new jobs get 503 with Retry-After {retry_after}", file=sys.stderr)
     deadline = time.monotonic() + wait_seconds
     while True:
-        queued, running = store.queued_count(), store.in_progress_count()
+        counts = store.counts()
+        queued, running = counts[JobStatus.IN_QUEUE], counts[JobStatus.IN_PROGRESS]
         if queued + running == 0:
             print("drained: no job queued or running", file=sys.stderr)
             return 0

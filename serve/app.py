@@ -1,8 +1,9 @@
 """The Serve application: ``serve.app:build_app`` is the ``import_path`` of every config in configs/.
 
-Three deployments, composed with ``.bind()``: the Ingress (HTTP API, enqueues jobs), the Sampler (a task
-consumer on the job queue; the GPU stage) and the AudioEncoder it calls through a ``DeploymentHandle``.
-The args of the config are validated by ``AppConfig`` (unknown keys are errors) before anything starts.
+Three deployments, composed with ``.bind()``: the Ingress (HTTP API, writes jobs into the store), the
+Sampler (claims jobs from the store; the GPU stage) and the AudioEncoder it calls through a
+``DeploymentHandle``. The args of the config are validated by ``AppConfig`` (unknown keys are errors) before
+anything starts.
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ from typing import Any
 
 from ray import serve
 from ray.serve import Application
-from ray.serve.task_consumer import task_consumer
 
 from serve.config import AppConfig
 from serve.deployments.audio_encoder import AudioEncoder
 from serve.deployments.ingress import Ingress
 from serve.deployments.sampler import Sampler
 from serve.services import resolve_redis_url
-from serve.tasks import task_processor_config
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -28,11 +27,10 @@ def build_app(args: dict[str, Any]) -> Application:
     plain = config.model_dump(mode="json")
 
     audio_encoder = serve.deployment(AudioEncoder, name="AudioEncoder", max_ongoing_requests=4)
-    sampler_cls = task_consumer(task_processor_config=task_processor_config(redis_url))(Sampler)
     # Replica counts and autoscaling (with serve.autoscaling:BacklogPolicy) come from the config file's
     # deployments section: Ray replaces a code-level autoscaling_config whole with the file's.
     sampler = serve.deployment(
-        sampler_cls,
+        Sampler,
         name="Sampler",
         max_ongoing_requests=1,
         graceful_shutdown_timeout_s=config.queue.drain_seconds + 30,

@@ -17,7 +17,8 @@ from typing import Any
 import redis
 from ray.serve.config import AutoscalingContext
 
-from serve.jobs import JobStatus, JobStore
+from serve.jobs.records import JobStatus
+from serve.jobs.store import JobStore
 
 logger = logging.getLogger("ray.serve")
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipeline.errors import SizeError
 from pipeline.presets import PRESETS, AttentionKernel, Fp8Mode
 from pipeline.sizes import parse_size
+from serve.jobs.operations import QueuePolicy
 
 
 class _Strict(BaseModel):
@@ -109,7 +110,12 @@ class StorageConfig(_Strict):
     kind: Literal["local", "s3"] = "local"
     root: str = Field("var/storage", description="local: directory for inputs and outputs")
     signing_key_env: str = Field(
-        "INFINITETALK_SIGNING_KEY", description="local: env var with the HMAC key of download URLs"
+        "INFINITETALK_SIGNING_KEY", description="local: env var with the HMAC key that signs download URLs"
+    )
+    previous_signing_keys_env: str = Field(
+        "INFINITETALK_PREVIOUS_SIGNING_KEYS",
+        description="local: env var with retired signing keys, comma-separated, that still verify the links "
+        "they signed (key rotation: keep them for url_ttl_seconds)",
     )
     bucket: str | None = None
     endpoint_url: str | None = Field(
@@ -141,10 +147,42 @@ class QueueConfig(_Strict):
     )
     max_attempts: int = Field(3, ge=1, description="executions of one job before it fails retries_exhausted")
     retention_seconds: int = Field(86400, ge=60, description="results are kept this long, then 410")
-    maintenance_interval_seconds: float = Field(5.0, gt=0, description="reaper / re-publisher period")
+    maintenance_interval_seconds: float = Field(
+        5.0, gt=0, description="reaper, retention and tokens-file reload period"
+    )
     drain_seconds: float = Field(
         600.0, ge=0, description="a stopping sampler lets its job run this long, then hands it back"
     )
+    max_run_seconds: float | None = Field(
+        3600.0, gt=0, description="a job's run that lasts longer fails time_limit (null: no limit)"
+    )
+    stall_seconds: float | None = Field(
+        300.0,
+        gt=0,
+        description="a running job that reports no progress this long loses its lease (and its replica is "
+        "replaced); null: never",
+    )
+    tenant_max_queued: int = Field(
+        50, ge=0, description="queued jobs per tenant (the tokens file may give a tenant its own)"
+    )
+    tenant_max_running: int = Field(
+        4, ge=0, description="running jobs per tenant (the tokens file may give a tenant its own)"
+    )
+    tenant_max_upload_bytes: int = Field(
+        2 * 1024**3, ge=0, description="stored upload bytes per tenant until they expire (ditto)"
+    )
+
+    def policy(self) -> QueuePolicy:
+        return QueuePolicy(
+            lease_seconds=self.lease_seconds,
+            max_attempts=self.max_attempts,
+            retention_seconds=float(self.retention_seconds),
+            max_queued=self.max_queued,
+            max_run_seconds=self.max_run_seconds,
+            tenant_max_queued=self.tenant_max_queued,
+            tenant_max_running=self.tenant_max_running,
+            tenant_max_upload_bytes=self.tenant_max_upload_bytes,
+        )
 
 
 class FetchConfig(_Strict):
@@ -154,6 +192,9 @@ class FetchConfig(_Strict):
     max_redirects: int = Field(5, ge=0)
     max_audio_seconds: float = Field(600.0, gt=0, description="longer speech is refused at submit")
     allow_http_and_private: bool = Field(False, description="development only: http:// and private hosts")
+    max_concurrent_decodes: int = Field(
+        4, ge=1, description="inputs an ingress replica decodes and checks at once (the rest wait)"
+    )
 
 
 class AppConfig(_Strict):

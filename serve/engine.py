@@ -18,6 +18,8 @@ from pipeline.conditioning import load_image
 from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
 from pipeline.progress import Progress
 from pipeline.streaming import chunk_count
+from serve import fields
+from serve.jobs.records import JobSettings
 from serve.jobs.runner import EngineOutput, ProgressFn
 
 SpeechEncoder = Callable[[np.ndarray, int], torch.Tensor]
@@ -42,19 +44,19 @@ class PipelineEngine:
         self._encode_speech = encode_speech
 
     def run(
-        self, params: dict[str, Any], image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
         request = GenerationRequest(
-            image=load_image(image, name="284_image"),
-            speech=decode_audio(audio, name="125_audio"),
-            prompt=params["prompt"],
-            width=params["width"],
-            height=params["height"],
-            frames=params["frames"],
-            steps=params["steps"],
-            shift=params["shift"],
-            cfg=params["cfg"],
-            seed=params["seed"],
+            image=load_image(image, name=fields.IMAGE),
+            speech=decode_audio(audio, name=fields.AUDIO),
+            prompt=settings.prompt,
+            width=settings.width,
+            height=settings.height,
+            frames=settings.frames,
+            steps=settings.steps,
+            shift=settings.shift,
+            cfg=settings.cfg,
+            seed=settings.seed,
         )
         self._pipeline.check_inputs(request)
         encode_started = time.perf_counter()

@@ -1,10 +1,12 @@
 """Prometheus metrics of the job service, kept in Redis so every ingress replica reports the same numbers.
 
-Job outcomes and latencies happen in sampler replicas, submissions and cancels in ingress replicas, and any
-ingress replica may be the one scraped. So counters and histogram buckets are Redis hash increments, and the
-ingress's ``/metrics`` reads them at scrape time (``JobMetricsCollector``): the figures are global and
-consistent whichever replica answers. Per-replica figures (sampler steps/s) go through Ray's metrics API and
-are scraped from Ray's metrics endpoint instead (docs/architecture.md, "Metrics").
+Job outcomes happen in sampler replicas, the reaper, or an ingress (a cancel), and any ingress replica may
+be the one scraped. So counters and histogram buckets are Redis hash increments, and the ingress's
+``/metrics`` reads them at scrape time (``JobMetricsCollector``): the figures are global and consistent
+whichever replica answers. Submits and endings are counted by the job store's scripts inside the transition
+itself, so a job counts once whichever process ended it; samplers add the durations. Per-replica figures
+(sampler steps/s) go through Ray's metrics API and are scraped from Ray's metrics endpoint instead
+(docs/architecture.md, "Metrics").
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from serve.jobs import JobStatus, JobStore
+from serve.jobs.keys import Keys
+from serve.jobs.records import JobStatus
+from serve.jobs.store import JobStore
 
 PREFIX = "infinitetalk"
 JOB_BUCKETS = (5, 10, 20, 30, 45, 60, 90, 120, 180, 240, 300, 450, 600, 900, 1200, 1800, 3600)
 STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+FETCH_FAILURES = "input_fetch_failures"
 
 
 def _bucket_label(bound: float) -> str:
@@ -28,17 +33,14 @@ def _bucket_label(bound: float) -> str:
 
 
 class MetricsRecorder:
-    """Writes counter and histogram increments to Redis (one round trip per observation)."""
+    """Writes histogram observations to Redis and reads every figure back (one round trip per write)."""
 
     def __init__(self, client: redis.Redis, namespace: str = PREFIX) -> None:
         self._redis = client
-        self._key = f"{{{namespace}}}:metrics"
+        self._keys = Keys(namespace)
 
     def _hist_key(self, name: str, label: str) -> str:
-        return f"{self._key}:hist:{name}:{label}"
-
-    def count(self, name: str, label: str = "", amount: int = 1) -> None:
-        self._redis.hincrby(f"{self._key}:counter:{name}", label, amount)
+        return f"{self._keys.metric_histogram(name)}:{label}"
 
     def observe(self, name: str, value: float, buckets: Sequence[float], label: str = "") -> None:
         pipe = self._redis.pipeline(transaction=True)
@@ -48,23 +50,18 @@ class MetricsRecorder:
                 pipe.hincrby(key, _bucket_label(bound), 1)
         pipe.hincrbyfloat(key, "sum", value)
         pipe.hincrby(key, "count", 1)
-        pipe.sadd(f"{self._key}:hist:{name}", label)
+        pipe.sadd(self._keys.metric_histogram(name), label)
         pipe.execute()
 
-    def record_job_finished(self, state: JobStatus, seconds: float | None = None) -> None:
-        self.count("jobs", state.value)
-        if seconds is not None:
-            self.observe("job_duration_seconds", seconds, JOB_BUCKETS)
+    def record_job_duration(self, seconds: float) -> None:
+        self.observe("job_duration_seconds", seconds, JOB_BUCKETS)
 
     def record_stages(self, timings: Mapping[str, float]) -> None:
         for stage, seconds in timings.items():
             self.observe("stage_duration_seconds", seconds, STAGE_BUCKETS, label=stage)
 
-    def record_fetch_failure(self, reason: str) -> None:
-        self.count("input_fetch_failures", reason)
-
     def counter(self, name: str) -> dict[str, float]:
-        raw = self._redis.hgetall(f"{self._key}:counter:{name}")
+        raw = self._redis.hgetall(self._keys.metric_counter(name))
         return {_text(k): float(v) for k, v in raw.items()}
 
     def histogram(
@@ -72,7 +69,7 @@ class MetricsRecorder:
     ) -> dict[str, tuple[list[tuple[str, float]], float]]:
         """label → (cumulative buckets, sum) in Prometheus' form."""
         result = {}
-        for label in sorted(_text(m) for m in self._redis.smembers(f"{self._key}:hist:{name}")):
+        for label in sorted(_text(m) for m in self._redis.smembers(self._keys.metric_histogram(name))):
             raw = {_text(k): float(v) for k, v in self._redis.hgetall(self._hist_key(name, label)).items()}
             bucket_values = [(_bucket_label(b), raw.get(_bucket_label(b), 0.0)) for b in (*buckets, math.inf)]
             result[label] = (bucket_values, raw.get("sum", 0.0))
@@ -107,18 +104,13 @@ class JobMetricsCollector(Collector):
         submitted.add_metric([], self._recorder.counter("jobs_submitted").get("", 0.0))
         yield submitted
         failures = CounterMetricFamily(
-            f"{PREFIX}_input_fetch_failures",
-            "Input references refused or failed at submit",
-            labels=["reason"],
+            f"{PREFIX}_{FETCH_FAILURES}", "Input references refused or failed at submit", labels=["reason"]
         )
-        for reason, value in sorted(self._recorder.counter("input_fetch_failures").items()):
+        for reason, value in sorted(self._recorder.counter(FETCH_FAILURES).items()):
             failures.add_metric([reason], value)
         yield failures
         yield from self._histogram(
-            "job_duration_seconds",
-            "Submit to end of jobs a sampler finished (completed or failed)",
-            JOB_BUCKETS,
-            None,
+            "job_duration_seconds", "Submit to end of jobs a sampler finished", JOB_BUCKETS, None
         )
         yield from self._histogram(
             "stage_duration_seconds", "Time per pipeline stage", STAGE_BUCKETS, "stage"

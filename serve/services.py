@@ -1,17 +1,30 @@
-"""The long-lived clients every deployment builds from the app config: Redis, the job store, storage."""
+"""The composition root: every long-lived part of the app, built once from the app config.
+
+The ingress, the sampler, the CLI and the tests all take their stores, storage, authenticator and job
+service from here, so the stack is wired in one place. Tests pass a clock, an environment or storage of
+their own; nothing else differs from production.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import redis
 
+from serve.api.routes import ApiContext
+from serve.auth import Authenticator
 from serve.config import AppConfig
-from serve.jobs import JobStore
-from serve.jobs.reader import JobReader
+from serve.inputs.fetcher import Fetcher, FetchPolicy
+from serve.inputs.references import InputResolver
+from serve.job_service import JobService
+from serve.jobs.async_store import AsyncJobStore
+from serve.jobs.store import JobStore
 from serve.metrics import MetricsRecorder
-from serve.storage import Storage, build_storage
+from serve.storage import ObjectStore, build_storage
 
 REDIS_SOCKET_TIMEOUT_SECONDS = 5.0
 
@@ -43,6 +56,8 @@ def resolve_redis_url(config: AppConfig) -> str:
 class Services:
     config: AppConfig
     redis_url: str
+    clock: Callable[[], float] = time.time
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -55,24 +70,59 @@ class Services:
 
     @cached_property
     def store(self) -> JobStore:
-        queue = self.config.queue
         return JobStore(
             self.redis,
             namespace=self.config.redis.namespace,
-            lease_seconds=queue.lease_seconds,
-            max_attempts=queue.max_attempts,
-            retention_seconds=queue.retention_seconds,
-            max_queued=queue.max_queued,
+            policy=self.config.queue.policy(),
+            clock=self.clock,
         )
 
     @cached_property
-    def storage(self) -> Storage:
-        return build_storage(self.config.storage, public_base_url=self.config.public_base_url)
+    def async_store(self) -> AsyncJobStore:
+        return AsyncJobStore.from_url(
+            self.redis_url,
+            timeout_seconds=REDIS_SOCKET_TIMEOUT_SECONDS,
+            namespace=self.config.redis.namespace,
+            policy=self.config.queue.policy(),
+            clock=self.clock,
+        )
 
     @cached_property
-    def reader(self) -> JobReader:
-        return JobReader.from_url(self.store, self.redis_url, timeout_seconds=REDIS_SOCKET_TIMEOUT_SECONDS)
+    def storage(self) -> ObjectStore:
+        return build_storage(
+            self.config.storage,
+            public_base_url=self.config.public_base_url,
+            environ=self.environ,
+            clock=self.clock,
+        )
 
     @cached_property
     def metrics(self) -> MetricsRecorder:
         return MetricsRecorder(self.redis, self.config.redis.namespace)
+
+    @cached_property
+    def authenticator(self) -> Authenticator:
+        return Authenticator.from_config(self.config.auth, self.environ)
+
+    @cached_property
+    def jobs(self) -> JobService:
+        fetch = self.config.fetch
+        return JobService(
+            self.async_store,
+            self.storage,
+            InputResolver(Fetcher(FetchPolicy.from_config(fetch)), self.storage),
+            max_audio_seconds=fetch.max_audio_seconds,
+            url_ttl_seconds=self.config.storage.url_ttl_seconds,
+            max_concurrent_decodes=fetch.max_concurrent_decodes,
+        )
+
+    def api_context(self) -> ApiContext:
+        return ApiContext(
+            config=self.config,
+            jobs=self.jobs,
+            store=self.async_store,
+            sync_store=self.store,
+            storage=self.storage,
+            authenticator=self.authenticator,
+            metrics=self.metrics,
+        )

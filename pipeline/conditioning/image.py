@@ -6,9 +6,11 @@ by ``portrait_tensor`` on first use.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,28 +40,52 @@ def load_image(
     global per call would race between threads); its error is mapped like every other failure. Every failure
     is an ``ImageError`` naming ``name`` (default: the path, or "image" for bytes).
     """
+    stream, label = _stream(source, name)
+    with _decoding(label), Image.open(stream) as image:
+        _check_size(image.size, label, max_pixels)
+        image.load()
+        rgb = ImageOps.exif_transpose(image).convert("RGB")
+    _check_size(rgb.size, label, max_pixels)
+    return rgb
+
+
+def check_image(
+    source: bytes, *, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS, scale_to: int = 2048
+) -> tuple[int, int]:
+    """Whether ``source`` decodes as ``load_image`` will decode it, as cheaply as that can be told: the
+    header's size first, a JPEG at the smallest scale still ``scale_to`` pixels wide (every byte of it is
+    decoded all the same), no orientation or colour conversion. Its size; ``ImageError`` like ``load_image``.
+    """
+    stream, label = _stream(source, name)
+    with _decoding(label), Image.open(stream) as image:
+        size = image.size
+        _check_size(size, label, max_pixels)
+        image.draft(image.mode, (scale_to, scale_to))
+        image.load()
+    return size
+
+
+def _stream(source: bytes | str | os.PathLike, name: str | None) -> tuple[io.BytesIO | Path, str]:
     if isinstance(source, (bytes, bytearray, memoryview)):
-        label = name or "image"
-        stream: io.BytesIO | Path = io.BytesIO(bytes(source))
-    else:
-        stream = Path(source)
-        label = name or str(stream)
-        if not stream.is_file():
-            raise ImageError(f"{label}: no such file")
+        return io.BytesIO(bytes(source)), name or "image"
+    path = Path(source)
+    label = name or str(path)
+    if not path.is_file():
+        raise ImageError(f"{label}: no such file")
+    return path, label
+
+
+@contextlib.contextmanager
+def _decoding(label: str) -> Iterator[None]:
+    """Every way Pillow fails to decode, as an ``ImageError`` naming ``label``."""
     try:
-        with Image.open(stream) as image:
-            _check_size(image.size, label, max_pixels)
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            rgb = upright.convert("RGB")
+        yield
     except Image.DecompressionBombError:
         raise ImageError(f"{label}: image is too large (decompression bomb protection)") from None
     except UnidentifiedImageError:
         raise ImageError(f"{label}: not an image in a format this server reads") from None
     except _DECODE_ERRORS as error:
         raise ImageError(f"{label}: unreadable, truncated or corrupt image ({error})") from None
-    _check_size(rgb.size, label, max_pixels)
-    return rgb
 
 
 def _check_size(size: tuple[int, int], label: str, max_pixels: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -22,8 +22,26 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline.errors import InputError, PipelineError
 from serve.api.schemas import ErrorBody, ErrorDetail
+from serve.auth import AuthenticationFailed
+from serve.inputs.errors import InputRejected, InputTooLarge, NotMedia
+from serve.jobs.errors import (
+    AppDraining,
+    CancelConflict,
+    IdempotencyConflict,
+    JobGone,
+    JobNotFound,
+    QueueFull,
+    TenantQueueFull,
+    UploadQuotaExceeded,
+)
+from serve.storage.errors import (
+    DownloadLinkExpired,
+    DownloadLinkInvalid,
+    DownloadsNotServed,
+    InvalidStorageKey,
+    ObjectNotFound,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +116,6 @@ class NotFound(ApiError):
     default_message = "Not found."
 
 
-class ObjectNotFound(NotFound):
-    """A storage key that holds no object (never written, deleted, or past retention)."""
-
-    default_message = "No such object."
-
-
 class MethodNotAllowed(ApiError):
     status = 405
     default_code = "method_not_allowed"
@@ -117,9 +129,10 @@ class Conflict(ApiError):
 
     @classmethod
     def not_cancellable(cls, request_id: str, status: str) -> Conflict:
-        """Cancel of a job that already started or finished; ``details`` carries its current state."""
+        """Cancel of a job that already finished; ``details`` carries its current state."""
         return cls(
-            f"Request {request_id} is {status} and can no longer be cancelled; only queued requests can.",
+            f"Request {request_id} is {status} and can no longer be cancelled; only queued and running "
+            "requests can.",
             code="not_cancellable",
             details=[{"request_id": request_id, "status": status}],
         )
@@ -170,11 +183,6 @@ class TooManyRequests(ApiError):
         super().__init__(message, code=code, headers={"Retry-After": str(_retry_seconds(retry_after))})
 
 
-class QueueFull(TooManyRequests):
-    default_code = "queue_full"
-    default_message = "The queue is full; retry later."
-
-
 class ServiceUnavailable(ApiError):
     status = 503
     default_code = "unavailable"
@@ -204,32 +212,63 @@ def _retry_seconds(value: int) -> int:
     return value
 
 
-# -- pipeline errors -----------------------------------------------------------------------------------------
+# -- the lower layers' errors -------------------------------------------------------------------------------
+
+RETRY_AFTER_QUEUE_FULL_SECONDS = 30
 
 
-def api_error_from_pipeline(
-    error: PipelineError, *, field: str | None = None, not_media: bool = False
-) -> ApiError:
-    """The HTTP meaning of a pipeline error raised while checking a request's inputs.
+def api_error_from(error: Exception) -> ApiError:
+    """The HTTP meaning of an error of auth, inputs, storage or the job store (they know nothing of HTTP)."""
+    for error_type, convert in _CONVERSIONS:
+        if isinstance(error, error_type):
+            return convert(error)
+    raise TypeError(f"no HTTP meaning for {type(error).__name__}")  # pragma: no cover - registered types only
 
-    Input errors are the client's: 415 when the bytes are not media of the expected kind at all
-    (``not_media``, decided by the caller from the bytes), else 422 with the pipeline's code
-    (``invalid_image``, ``invalid_audio``, ``invalid_size`` ...). Any other pipeline error is ours: a 500
-    whose message says nothing of the cause (weights paths and the like stay in the log).
-    """
-    if isinstance(error, InputError):
-        # Pipeline messages often name the input already ("284_image: not an image ..."); the detail gives
-        # the bare reason beside its field, as every other error's details do.
-        reason = error.message if field is None else error.message.removeprefix(f"{field}: ")
-        detail: dict[str, Any] = {"message": reason, "type": error.code}
-        if field is not None:
-            detail = {"field": field, **detail}
-        message = error.message if field is None else f"{field}: {reason}"
-        if not_media:
-            return UnsupportedMediaType(message, details=[detail])
-        return ValidationFailed(message, code=error.code, details=[detail])
-    logger.error("pipeline error while handling a request: %s (%s)", error.code, error.message)
-    return InternalError()
+
+def _input_detail(error: InputRejected) -> dict[str, Any]:
+    return {"field": error.field, "message": error.reason, **error.detail}
+
+
+_CONVERSIONS: list[tuple[type[Exception], Callable[[Any], ApiError]]] = [
+    (AuthenticationFailed, lambda e: Unauthorized(e.message, token_sent=e.token_sent)),
+    (InputTooLarge, lambda e: PayloadTooLarge(e.message, code=e.code, details=[_input_detail(e)])),
+    (NotMedia, lambda e: UnsupportedMediaType(e.message, details=[_input_detail(e)])),
+    (InputRejected, lambda e: ValidationFailed(e.message, code=e.code, details=[_input_detail(e)])),
+    (DownloadLinkExpired, lambda e: Gone("This download link has expired.")),
+    ((ObjectNotFound, DownloadLinkInvalid, DownloadsNotServed, InvalidStorageKey), lambda e: NotFound()),
+    # The routes only look up ids in the format this API issues, so the id can be named safely.
+    (JobNotFound, lambda e: NotFound(f"No request {e.request_id}.")),
+    (JobGone, lambda e: Gone("This request has expired and its result was deleted.")),
+    (IdempotencyConflict, lambda e: Conflict.idempotency_key_reused(e.request_id)),
+    (CancelConflict, lambda e: Conflict.not_cancellable(e.record.request_id, e.record.status.value)),
+    (
+        QueueFull,
+        lambda e: TooManyRequests(
+            "The queue is full; retry later.", code="queue_full", retry_after=RETRY_AFTER_QUEUE_FULL_SECONDS
+        ),
+    ),
+    (
+        TenantQueueFull,
+        lambda e: TooManyRequests(
+            f"You have {e.cap} jobs queued, your limit; submit more once some have started.",
+            code="tenant_queue_full",
+            retry_after=RETRY_AFTER_QUEUE_FULL_SECONDS,
+        ),
+    ),
+    (
+        UploadQuotaExceeded,
+        lambda e: PayloadTooLarge(
+            f"This upload would pass your {e.quota_bytes} byte storage quota ({e.used_bytes} bytes in use "
+            "until your earlier uploads expire).",
+            code="upload_quota_exceeded",
+        ),
+    ),
+    (AppDraining, lambda e: Draining(retry_after=e.retry_after)),
+]
+
+
+async def _handle_lower_layer(request: Request, exc: Exception) -> JSONResponse:
+    return await _handle_api_error(request, api_error_from(exc))
 
 
 # -- request validation --------------------------------------------------------------------------------------
@@ -356,6 +395,9 @@ def install_error_handlers(app: FastAPI) -> None:
     it); the client sees only the generic body either way.
     """
     app.add_exception_handler(ApiError, _handle_api_error)
+    for error_type, _ in _CONVERSIONS:
+        for each in error_type if isinstance(error_type, tuple) else (error_type,):
+            app.add_exception_handler(each, _handle_lower_layer)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(Exception, _handle_unexpected)
@@ -405,7 +447,7 @@ _RESPONSE_DESCRIPTIONS = {
     400: "Malformed JSON body",
     401: "Missing, malformed or unknown bearer token",
     404: "Unknown request id (or one of another tenant)",
-    409: "Conflict with the current state (e.g. cancelling a job that already started)",
+    409: "Conflict with the current state (e.g. cancelling a job that already finished)",
     410: "Expired: past the retention period",
     413: "Body or input too large",
     415: "Unsupported media type",

@@ -1,41 +1,33 @@
-"""The HTTP API of API.md. Route functions only route: the job store, storage and resolver do the work.
+"""The HTTP API of API.md. Routes only route: ``serve.job_service.JobService`` decides, errors of the layers
+below are mapped in ``serve/api/errors.py``.
 
 Built per ingress replica by ``create_api(context)`` (``Ingress.__serve_build_asgi_app__``), and by tests
-with a fake sampler, so every endpoint is testable without Ray.
+with a fake sampler, so every endpoint is testable without Ray. Every route that takes a token resolves it
+before it reads anything of the request: a caller without a valid token learns nothing about its body.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import json
 import logging
 import re
-import time
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import anyio
 import redis
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from serve.api.errors import (
-    ApiError,
     BodySizeLimit,
-    Conflict,
-    Draining,
-    Gone,
     NotFound,
     NotReady,
     PayloadTooLarge,
-    QueueFull,
+    UnsupportedMediaType,
     ValidationFailed,
+    api_error_from_validation,
     error_responses,
     install_error_handlers,
 )
@@ -48,41 +40,43 @@ from serve.api.schemas import (
     input_json_schema,
     output_json_schema,
 )
-from serve.auth import Authenticator, install_authenticator, require_tenant
+from serve.api.security import Tenant, install_authenticator
+from serve.auth import Authenticator
 from serve.config import AppConfig
-from serve.inputs.probe import probe_audio, probe_image
-from serve.inputs.references import InputKind, InputResolver, new_file_id
-from serve.jobs import CancelConflict, IdempotencyConflict, JobNotFound, JobRecord, JobStatus, JobStore
-from serve.jobs import QueueFull as StoreQueueFull
-from serve.jobs.dispatch import Dispatcher
-from serve.jobs.reader import JobReader
+from serve.job_service import JobService
+from serve.jobs.async_store import AsyncJobStore
+from serve.jobs.records import JobStatus
+from serve.jobs.store import JobStore
 from serve.metrics import JobMetricsCollector, MetricsRecorder
-from serve.storage import LocalStorage, Storage, input_key, upload_key
+from serve.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
 
 MODEL_PATH = "/v1/models/community/infinite-talk/image-to-video"
-RETRY_AFTER_QUEUE_FULL_SECONDS = 30
 # Ids this API issues (uuid4 hex); anything else is never echoed back into an error message.
 _REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 RETRY_AFTER_NOT_READY_SECONDS = 5
 # Largest JSON body: two data: URIs at the byte caps, base64-inflated, plus slack.
 _BODY_SLACK_BYTES = 64 * 1024
-
-Tenant = Annotated[str, Depends(require_tenant)]
+_JSON_TYPES = ("application/json",)
 
 
 @dataclass
 class ApiContext:
+    """What the routes need; ``serve.services.Services`` builds it."""
+
     config: AppConfig
-    store: JobStore
-    reader: JobReader
-    storage: Storage
-    dispatcher: Dispatcher
-    resolver: InputResolver
+    jobs: JobService
+    store: AsyncJobStore
+    sync_store: JobStore
+    storage: ObjectStore
     authenticator: Authenticator
     metrics: MetricsRecorder
-    is_ready: Callable[[], bool] = lambda: True
+
+
+def request_body_limit(config: AppConfig) -> int:
+    fetch = config.fetch
+    return 2 * max(fetch.max_image_bytes, fetch.max_audio_bytes) * 4 // 3 + _BODY_SLACK_BYTES
 
 
 def create_api(context: ApiContext) -> FastAPI:
@@ -94,37 +88,20 @@ def create_api(context: ApiContext) -> FastAPI:
     install_error_handlers(api)
     install_authenticator(api, context.authenticator)
     fetch = context.config.fetch
-    body_limit = 2 * max(fetch.max_image_bytes, fetch.max_audio_bytes) * 4 // 3 + _BODY_SLACK_BYTES
-    api.add_middleware(BodySizeLimit, max_bytes=body_limit)
+    api.add_middleware(BodySizeLimit, max_bytes=request_body_limit(context.config))
     api.add_exception_handler(redis.RedisError, _store_unavailable)
     registry = CollectorRegistry()
-    registry.register(JobMetricsCollector(context.store, context.metrics))
-    store, storage = context.store, context.storage
-    url_ttl = context.config.storage.url_ttl_seconds
+    registry.register(JobMetricsCollector(context.sync_store, context.metrics))
+    jobs = context.jobs
 
-    def urls(request: Request, request_id: str) -> dict[str, str]:
+    def links(request: Request, request_id: str) -> dict[str, str]:
         base = _base_url(context.config, request)
         return {
+            "request_id": request_id,
             "status_url": f"{base}/v1/requests/{request_id}/status",
             "result_url": f"{base}/v1/requests/{request_id}/result",
             "cancel_url": f"{base}/v1/requests/{request_id}/cancel",
         }
-
-    async def owned_record(request_id: str, tenant: str) -> JobRecord:
-        record = await context.reader.get(request_id, tenant)
-        if record is None:
-            if await context.reader.is_gone(request_id, tenant):
-                raise Gone(f"Request {request_id} has expired and its result was deleted.")
-            shown = request_id if _REQUEST_ID.fullmatch(request_id) else "with that id"
-            raise NotFound(f"No request {shown}.")
-        if record.is_expired(time.time()):
-            raise Gone(f"Request {request_id} has expired and its result was deleted.")
-        return record
-
-    async def position(record: JobRecord) -> int | None:
-        if record.status is not JobStatus.IN_QUEUE:
-            return None
-        return await context.reader.queue_position(record.request_id)
 
     @api.post(
         MODEL_PATH,
@@ -132,55 +109,22 @@ def create_api(context: ApiContext) -> FastAPI:
         response_model=SubmitResponse,
         responses=error_responses(400, 401, 409, 413, 415, 422, 429, 503),
         summary="Submit a job",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": SubmitRequest.model_json_schema(by_alias=True)}},
+            }
+        },
     )
     async def submit(
-        body: SubmitRequest,
         request: Request,
         tenant: Tenant,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> JSONResponse:
-        if not context.is_ready():
-            raise NotReady(retry_after=RETRY_AFTER_NOT_READY_SECONDS)
+        body = await _json_body(request)
         # A blank header is no key (the store would otherwise bind the empty string as one).
-        idempotency_key = (idempotency_key or "").strip() or None
-        params = body.to_generation_params()
-        body_hash = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()
-        if idempotency_key:
-            existing = await anyio.to_thread.run_sync(
-                _lookup_idempotent, store, tenant, idempotency_key, body_hash
-            )
-            if existing is not None:
-                return _accepted(existing.request_id, urls(request, existing.request_id))
-        drain_retry_after = await anyio.to_thread.run_sync(store.draining_retry_after)
-        if drain_retry_after is not None:
-            raise Draining(retry_after=drain_retry_after)
-        if await anyio.to_thread.run_sync(store.queued_count) >= context.config.queue.max_queued:
-            raise QueueFull(retry_after=RETRY_AFTER_QUEUE_FULL_SECONDS)
-
-        started = time.perf_counter()
-        image, audio = await asyncio.gather(
-            _checked_input(context, params.image_ref, InputKind.IMAGE, tenant),
-            _checked_input(context, params.audio_ref, InputKind.AUDIO, tenant),
-        )
-        request_id = uuid.uuid4().hex
-        inputs = {
-            "image": input_key(tenant, request_id, "image"),
-            "audio": input_key(tenant, request_id, "audio"),
-        }
-        await anyio.to_thread.run_sync(storage.put_bytes, inputs["image"], image, "application/octet-stream")
-        await anyio.to_thread.run_sync(storage.put_bytes, inputs["audio"], audio, "application/octet-stream")
-        record = JobRecord(
-            request_id=request_id,
-            tenant=tenant,
-            params=params.to_dict(),
-            inputs=inputs,
-            timings={"fetch_inputs": time.perf_counter() - started},
-        )
-        record, created = await anyio.to_thread.run_sync(_create, context, record, idempotency_key, body_hash)
-        if created:
-            await anyio.to_thread.run_sync(_publish, context, request_id)
-            await anyio.to_thread.run_sync(context.metrics.count, "jobs_submitted")
-        return _accepted(record.request_id, urls(request, record.request_id))
+        record, _ = await jobs.submit(tenant, body, (idempotency_key or "").strip() or None)
+        return JSONResponse(SubmitResponse(**links(request, record.request_id)).model_dump(), status_code=202)
 
     @api.get(
         "/v1/requests/{request_id}/status",
@@ -190,8 +134,8 @@ def create_api(context: ApiContext) -> FastAPI:
         summary="Status of a job",
     )
     async def status(request_id: str, tenant: Tenant) -> Response:
-        record = await owned_record(request_id, tenant)
-        return _model_response(StatusResponse.from_record(record, queue_position=await position(record)))
+        view = await jobs.view(tenant, _known(request_id))
+        return _model_response(StatusResponse.from_record(view.record, queue_position=view.queue_position))
 
     @api.get(
         "/v1/requests/{request_id}/result",
@@ -201,33 +145,30 @@ def create_api(context: ApiContext) -> FastAPI:
         summary="Result of a job (its current state until completed)",
     )
     async def result(request_id: str, request: Request, tenant: Tenant) -> Response:
-        record = await owned_record(request_id, tenant)
-        video_url = None
-        if record.status is JobStatus.COMPLETED and record.output:
-            ttl = _download_ttl(record, url_ttl, time.time())
-            # Signing is local computation (HMAC, or an S3 presign): no I/O on the event loop.
-            video_url = _absolute(context.config, request, storage.url_for(record.output["video"], ttl))
-        body = ResultResponse.from_record(record, queue_position=await position(record), video_url=video_url)
+        view = await jobs.view(tenant, _known(request_id), with_download=True)
+        video_url = None if view.video_url is None else _absolute(context.config, request, view.video_url)
+        body = ResultResponse.from_record(
+            view.record, queue_position=view.queue_position, video_url=video_url
+        )
         return _model_response(body)
 
     @api.post(
         "/v1/requests/{request_id}/cancel",
         response_model=StatusResponse,
         response_model_exclude_none=True,
-        responses=error_responses(401, 404, 409, 410),
-        summary="Cancel a queued job",
+        responses={
+            202: {"model": StatusResponse, "description": "Extension: the running job ends cancelled soon"},
+            **error_responses(401, 404, 409, 410),
+        },
+        summary="Cancel a job (a running one is an extension: it stops at its next step)",
     )
-    async def cancel(request_id: str, tenant: Tenant) -> StatusResponse:
-        before = await owned_record(request_id, tenant)
-        try:
-            record = await anyio.to_thread.run_sync(store.cancel, request_id, tenant)
-        except CancelConflict as conflict:
-            raise Conflict.not_cancellable(request_id, conflict.record.status.value) from None
-        except JobNotFound:  # deleted by the retention sweep since it was read
-            raise Gone(f"Request {request_id} has expired and its result was deleted.") from None
-        if before.status is not JobStatus.CANCELLED:
-            await anyio.to_thread.run_sync(context.metrics.record_job_finished, JobStatus.CANCELLED)
-        return StatusResponse.from_record(record)
+    async def cancel(request_id: str, tenant: Tenant) -> Response:
+        record = await jobs.cancel(tenant, _known(request_id))
+        status_code = 202 if record.status is JobStatus.IN_PROGRESS else 200
+        body = StatusResponse.from_record(record)
+        return Response(
+            body.model_dump_json(exclude_none=True), status_code=status_code, media_type="application/json"
+        )
 
     @api.get(f"{MODEL_PATH}/schema", summary="Input and output JSON schema (as on the seed page)")
     def schema() -> dict[str, Any]:
@@ -248,19 +189,14 @@ def create_api(context: ApiContext) -> FastAPI:
         data = await _read_body(request, max(fetch.max_image_bytes, fetch.max_audio_bytes))
         if not data:
             raise ValidationFailed("The upload is empty.", details=[{"field": "body", "message": "empty"}])
-        await anyio.to_thread.run_sync(_probe_any_media, data, fetch.max_audio_seconds)
-        file_id = new_file_id()
-        await anyio.to_thread.run_sync(
-            storage.put_bytes, upload_key(tenant, file_id), data, "application/octet-stream"
-        )
-        now = time.time()
+        stored = await jobs.upload(tenant, data)
         return FileUploadResponse(
-            file_id=file_id,
+            file_id=stored.file_id,
             filename=filename,
-            size_bytes=len(data),
-            created_at=_utc(now),
+            size_bytes=stored.size_bytes,
+            created_at=_utc(stored.created_at),
             # Uploads are deleted with everything else stored once the retention period is over.
-            expires_at=_utc(now + context.config.queue.retention_seconds),
+            expires_at=_utc(stored.expires_at),
         )
 
     @api.get(
@@ -272,18 +208,16 @@ def create_api(context: ApiContext) -> FastAPI:
         },
         summary="Download (signed URL)",
     )
-    def download(key: str, expires: str = "", sig: str = "") -> FileResponse:
-        if not isinstance(storage, LocalStorage):
-            raise NotFound()
-        storage.verify_signature(key, expires, sig)
-        return FileResponse(storage.local_path(key), media_type="video/mp4", filename="video.mp4")
+    def download(key: str, request: Request) -> FileResponse:
+        path = context.storage.open_download(key, request.query_params)
+        return FileResponse(path, media_type="video/mp4", filename="video.mp4")
 
-    @api.get("/healthz", summary="Readiness: the job store answers and the app is initialised")
-    def healthz() -> JSONResponse:
-        if not context.is_ready() or not store.ping():
+    @api.get("/healthz", summary="Readiness: the job store answers")
+    async def healthz() -> JSONResponse:
+        if not await context.store.ping():
             raise NotReady(retry_after=RETRY_AFTER_NOT_READY_SECONDS)
-        counts = store.counts()
-        accepting = store.draining_retry_after() is None
+        counts = await context.store.counts()
+        accepting = await context.store.draining_retry_after() is None
         return JSONResponse(
             {"status": "ok", "accepting_jobs": accepting, "queued": counts[JobStatus.IN_QUEUE]}
         )
@@ -299,53 +233,26 @@ def create_api(context: ApiContext) -> FastAPI:
     return api
 
 
-def _lookup_idempotent(store: JobStore, tenant: str, key: str, body_hash: str) -> JobRecord | None:
+def _known(request_id: str) -> str:
+    """Ids this API never issues are unknown at once, and never echoed back into a message."""
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise NotFound("No request with that id.")
+    return request_id
+
+
+async def _json_body(request: Request) -> SubmitRequest:
+    """The submit body, read and validated after the caller was authenticated."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in _JSON_TYPES:
+        raise UnsupportedMediaType("The request body must be JSON (Content-Type: application/json).")
+    raw = await request.body()
     try:
-        return store.lookup_idempotent(tenant, key, body_hash)
-    except IdempotencyConflict as conflict:
-        raise Conflict.idempotency_key_reused(conflict.request_id) from None
-
-
-def _download_ttl(record: JobRecord, url_ttl: int, now: float) -> int:
-    """A download link must not outlive the result: after ``expires_at`` the API answers 410 for the job."""
-    if record.expires_at is None:
-        return url_ttl
-    return max(1, min(url_ttl, int(record.expires_at - now)))
-
-
-def _create(
-    context: ApiContext, record: JobRecord, idempotency_key: str | None, body_hash: str
-) -> tuple[JobRecord, bool]:
-    context.dispatcher.mark_pending(record.request_id)
-    try:
-        return context.store.create(record, idempotency_key=idempotency_key, body_hash=body_hash)
-    except IdempotencyConflict as conflict:
-        raise Conflict.idempotency_key_reused(conflict.request_id) from None
-    except StoreQueueFull:
-        raise QueueFull(retry_after=RETRY_AFTER_QUEUE_FULL_SECONDS) from None
-
-
-def _publish(context: ApiContext, request_id: str) -> None:
-    """The job is stored (accepted) by now: a failed publish must not turn into an error that makes the client
-    submit again. Its pending mark stays, so the dispatcher's sweep publishes it after the grace period."""
-    try:
-        context.dispatcher.publish(request_id)
-    except Exception:
-        logger.warning("publishing job %s failed; the sweep will publish it", request_id, exc_info=True)
-
-
-async def _checked_input(context: ApiContext, reference: str, kind: InputKind, tenant: str) -> bytes:
-    try:
-        resolved = await context.resolver.resolve(reference, kind=kind, tenant=tenant)
-        if kind is InputKind.IMAGE:
-            await anyio.to_thread.run_sync(lambda: probe_image(resolved.data))
-        else:
-            max_seconds = context.config.fetch.max_audio_seconds
-            await anyio.to_thread.run_sync(lambda: probe_audio(resolved.data, max_seconds=max_seconds))
-    except ApiError as error:
-        await anyio.to_thread.run_sync(context.metrics.record_fetch_failure, error.code)
-        raise
-    return resolved.data
+        return SubmitRequest.model_validate_json(raw)
+    except ValidationError as error:
+        located = [
+            {**item, "loc": ("body", *item.get("loc", ()))} for item in error.errors(include_url=False)
+        ]
+        raise api_error_from_validation(located) from None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -361,21 +268,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _probe_any_media(data: bytes, max_audio_seconds: float) -> None:
-    """An upload must be an image or audio; the image probe's verdict is reported when both refuse."""
-    try:
-        probe_image(data, field="body")
-    except ApiError as image_error:
-        try:
-            probe_audio(data, field="body", max_seconds=max_audio_seconds)
-        except ApiError:
-            raise image_error from None
-
-
-def _accepted(request_id: str, links: dict[str, str]) -> JSONResponse:
-    return JSONResponse(SubmitResponse(request_id=request_id, **links).model_dump(), status_code=202)
 
 
 def _base_url(config: AppConfig, request: Request) -> str:
@@ -396,7 +288,7 @@ def _absolute(config: AppConfig, request: Request, url: str) -> str:
 
 
 def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return datetime.fromtimestamp(epoch, tz=UTC)
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -2,29 +2,30 @@
 
 Field names of ``SubmitRequest`` are RunComfy's (``241_positive_prompt`` ...) and part of the contract; the
 Python names are readable aliases of them. Validation is strict where a lenient coercion would hide a client
-bug (``true`` or ``"7"`` for an integer). The engine never sees pydantic: ``to_generation_params`` converts a
-validated request into the plain ``GenerationParams`` dataclass, as vLLM's request models convert to
-``SamplingParams``.
+bug (``true`` or ``"7"`` for an integer). The engine never sees pydantic: ``to_settings`` converts a validated
+request into the plain ``JobSettings`` dataclass, as vLLM's request models convert to ``SamplingParams``.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
+
+from serve import fields
+from serve.fields import EXAMPLE_AUDIO, EXAMPLE_IMAGE
+from serve.jobs.records import JobSettings
 
 if TYPE_CHECKING:
     from serve.jobs.records import JobRecord
 
 MAX_PROMPT_CHARS = 2000
 DEFAULT_PROMPT = "a woman is talking and waving hands"
-EXAMPLE_IMAGE = "Runcomfy_example_1278_1.png"
-EXAMPLE_AUDIO = "Runcomfy_example_1278_1.mp3"
 SEED_MIN = -(2**63)
 # torch.manual_seed takes signed and unsigned 64-bit seeds; ComfyUI-style clients send seeds up to 2**64 - 1.
 SEED_MAX = 2**64 - 1
@@ -60,48 +61,20 @@ SIZES: dict[str, tuple[int, int]] = {option: _parse_size(option) for option in g
 _Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True)]
 
 
-@dataclass(frozen=True)
-class GenerationParams:
-    """One job's parameters in the engine's own terms: no pydantic, no wire names."""
-
-    prompt: str
-    image_ref: str
-    audio_ref: str
-    width: int
-    height: int
-    frames: int
-    seed: int
-    steps: int
-    shift: float
-    cfg: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GenerationParams:
-        """Inverse of ``to_dict`` (the job record stores the parameters as JSON)."""
-        names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in data]
-        if missing:
-            raise ValueError(f"generation parameters lack {missing}")
-        return cls(**{name: data[name] for name in names})
-
-
 class SubmitRequest(BaseModel):
     """The body of ``POST /v1/models/community/infinite-talk/image-to-video``."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, title="Input")
 
     prompt: _Text = Field(
-        alias="241_positive_prompt",
+        alias=fields.PROMPT,
         max_length=MAX_PROMPT_CHARS,
         title="Prompt",
         description=f"What the video shows; a non-empty sentence of at most {MAX_PROMPT_CHARS} characters.",
         examples=[DEFAULT_PROMPT],
     )
     image: _Text = Field(
-        alias="284_image",
+        alias=fields.IMAGE,
         title="Image",
         description=(
             "The portrait: an https:// URL, a data: URI, the id of a file uploaded with POST /v1/files "
@@ -110,7 +83,7 @@ class SubmitRequest(BaseModel):
         examples=[EXAMPLE_IMAGE],
     )
     audio: _Text = Field(
-        alias="125_audio",
+        alias=fields.AUDIO,
         title="Audio",
         description=(
             "The speech: an https:// URL, a data: URI, the id of a file uploaded with POST /v1/files "
@@ -120,19 +93,19 @@ class SubmitRequest(BaseModel):
     )
     size: SizeOption = Field(
         "720x720 (1:1)",
-        alias="245_valuex246_value",
+        alias=fields.SIZE,
         title="Resolution (W:H)",
         description="Width x height of the video in pixels.",
     )
     frames: FrameCount = Field(
         125,
-        alias="270_value",
+        alias=fields.FRAMES,
         title="Number of Frames",
         description="Length of the video in frames at 25 fps (125 = 5 s, 250 = 10 s).",
     )
     seed: int = Field(
         96860978,
-        alias="128_seed",
+        alias=fields.SEED,
         strict=True,
         ge=SEED_MIN,
         le=SEED_MAX,
@@ -141,7 +114,7 @@ class SubmitRequest(BaseModel):
     )
     steps: int = Field(
         7,
-        alias="128_steps",
+        alias=fields.STEPS,
         strict=True,
         ge=6,
         le=20,
@@ -150,7 +123,7 @@ class SubmitRequest(BaseModel):
     )
     shift: float = Field(
         11,
-        alias="128_shift",
+        alias=fields.SHIFT,
         strict=True,
         ge=1,
         le=15,
@@ -163,7 +136,7 @@ class SubmitRequest(BaseModel):
     )
     cfg: float = Field(
         1,
-        alias="128_cfg",
+        alias=fields.CFG,
         strict=True,
         ge=0.6,
         le=2,
@@ -189,12 +162,10 @@ class SubmitRequest(BaseModel):
             raise PydanticCustomError("int_type", "Input should be a valid integer")
         return value
 
-    def to_generation_params(self) -> GenerationParams:
+    def to_settings(self) -> JobSettings:
         width, height = SIZES[self.size]
-        return GenerationParams(
+        return JobSettings(
             prompt=self.prompt,
-            image_ref=self.image,
-            audio_ref=self.audio,
             width=width,
             height=height,
             frames=self.frames,
@@ -203,6 +174,11 @@ class SubmitRequest(BaseModel):
             shift=float(self.shift),
             cfg=float(self.cfg),
         )
+
+    def body_hash(self) -> str:
+        """SHA-256 of the validated request (input references included), the identity of an idempotent
+        resubmission: the same fields spelled differently hash the same."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
 
 # -- responses -----------------------------------------------------------------------------------------------
@@ -240,6 +216,10 @@ class StatusResponse(_Response):
     started_at: datetime | None = Field(None, description="Start of the latest attempt.")
     finished_at: datetime | None = None
     attempt: int | None = Field(None, ge=0, description="Executions started so far (retries count).")
+    cancel_requested: bool | None = Field(
+        None,
+        description="Extension: a cancel of the running job was accepted; it ends cancelled after its step.",
+    )
     error: ErrorInfo | None = Field(None, description="Why the job failed (status failed only).")
 
     @classmethod
@@ -312,7 +292,7 @@ class ErrorBody(_Response):
 
 
 def _datetime(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
 
 
 def _status_fields(record: JobRecord, queue_position: int | None) -> dict[str, Any]:
@@ -328,6 +308,7 @@ def _status_fields(record: JobRecord, queue_position: int | None) -> dict[str, A
         "started_at": _datetime(record.started_at),
         "finished_at": _datetime(record.finished_at),
         "attempt": record.attempt,
+        "cancel_requested": True if record.cancel_requested and status == "in_progress" else None,
         "error": ErrorInfo(code=error.code, message=error.message) if error is not None else None,
     }
 

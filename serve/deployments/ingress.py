@@ -1,30 +1,20 @@
-"""Ingress: the HTTP job API (FastAPI built per replica), plus the maintenance loop every replica runs.
-
-The maintenance loop (reaper, re-publisher, retention) is safe on any number of replicas at once: the
-sweep holds a Redis lock and every transition is atomic in the store.
-"""
+"""Ingress: the HTTP job API (FastAPI built per replica), plus the maintenance loop every replica runs
+(``serve.maintenance``: tokens reload, reaper, retention; safe on any number of replicas at once)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.api.routes import ApiContext, create_api
-from serve.auth import Authenticator
+from serve.api.routes import create_api
 from serve.config import AppConfig
-from serve.inputs.fetcher import Fetcher, FetchPolicy
-from serve.inputs.references import InputResolver
-from serve.jobs import JobStatus
-from serve.jobs.dispatch import Dispatcher
+from serve.maintenance import Maintenance
 from serve.services import Services
-from serve.storage import LocalStorage
-from serve.tasks import TaskPublisher
 
 logger = logging.getLogger("ray.serve")
 
@@ -32,48 +22,29 @@ logger = logging.getLogger("ray.serve")
 @serve.ingress()
 class Ingress:
     def __init__(self, config: dict[str, Any], redis_url: str, sampler: DeploymentHandle) -> None:
-        # The sampler handle is unused here (jobs travel through the queue); binding it makes the Sampler
+        # The sampler handle is unused here (jobs travel through the store); binding it makes the Sampler
         # part of this application's deployment graph.
         del sampler
-        app_config = AppConfig.model_validate(config)
-        self._services = Services(app_config, redis_url)
-        self._dispatcher = Dispatcher(self._services.store, self._services.redis, TaskPublisher(redis_url))
-        self._context = ApiContext(
-            config=app_config,
-            store=self._services.store,
-            reader=self._services.reader,
-            storage=self._services.storage,
-            dispatcher=self._dispatcher,
-            resolver=InputResolver(
-                Fetcher(FetchPolicy.from_config(app_config.fetch)), self._services.storage
-            ),
-            authenticator=Authenticator.from_config(app_config.auth),
-            metrics=self._services.metrics,
+        self._services = Services(AppConfig.model_validate(config), redis_url)
+        self._context = self._services.api_context()
+        self._maintenance = Maintenance(
+            self._services.store, self._services.storage, self._services.authenticator
         )
         self._stop = threading.Event()
-        self._interval = app_config.queue.maintenance_interval_seconds
-        self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
-        self._maintenance.start()
+        self._interval = self._services.config.queue.maintenance_interval_seconds
+        threading.Thread(target=self._maintain, name="maintenance", daemon=True).start()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self._context)
 
     def _maintain(self) -> None:
-        while not self._stop.wait(self._interval):
+        while True:
             try:
-                self._sweep_once()
+                self._maintenance.run_once()
             except Exception:  # Redis down, a bad record: log and try again next period
-                logger.exception("maintenance sweep failed")
-
-    def _sweep_once(self) -> None:
-        report = self._dispatcher.sweep()
-        for _ in report.failed:
-            self._services.metrics.record_job_finished(JobStatus.FAILED)
-        store, storage = self._services.store, self._services.storage
-        for request_id in store.list_expired_results():
-            store.delete(request_id)
-        if isinstance(storage, LocalStorage):
-            storage.delete_older_than(time.time() - self._context.config.queue.retention_seconds)
+                logger.exception("maintenance failed")
+            if self._stop.wait(self._interval):
+                return
 
     def check_health(self) -> None:
         if not self._services.store.ping():

@@ -1,9 +1,10 @@
-"""Sampler: the GPU stage. Loads the DiT, VAE, CLIP and umT5 once, then runs one job per Celery message.
+"""Sampler: the GPU stage. Loads the DiT, VAE, CLIP and umT5 once, then runs jobs it claims from the store.
 
 The replica becomes ready only after the weights are loaded and the DiT has run one warm-up pass at each
-configured size (compiling it there when ``model.compile`` is on): its constructor returns then, and only
-then does the task consumer start taking messages. Shutting down, it lets the running job finish for up to
-``drain_seconds`` and hands it back to the queue after that.
+configured size (compiling it there when ``model.compile`` is on); only then does its job loop start
+claiming. Its health check fails when the loop died or its job stopped making progress, so Serve replaces a
+replica that hangs. Shutting down, it lets the running job finish for up to ``drain_seconds`` and hands it
+back to the queue after that.
 """
 
 from __future__ import annotations
@@ -13,20 +14,20 @@ import os
 import time
 from typing import Any
 
+import numpy as np
+import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from ray.serve.task_consumer import task_handler
 from ray.util import metrics as ray_metrics
 
 from pipeline.components import LoraSpec, load_components
 from pipeline.warmup import warm_up
 from serve.config import AppConfig
 from serve.engine import PipelineEngine
-from serve.jobs import JobRecord
-from serve.jobs.dispatch import Dispatcher
+from serve.jobs.records import JobRecord
 from serve.jobs.runner import JobRunner
+from serve.jobs.worker import JobWorker
 from serve.services import Services
-from serve.tasks import TASK_NAME, TaskPublisher
 
 logger = logging.getLogger("ray.serve")
 
@@ -55,18 +56,18 @@ class Sampler:
         warm_up(components, model.warmup_shapes(), guidance=model.warmup_guidance)
         self._audio_encoder = audio_encoder
         self._drain_seconds = app_config.queue.drain_seconds
-        dispatcher = Dispatcher(self._services.store, self._services.redis, TaskPublisher(redis_url))
         self._steps_per_second = ray_metrics.Gauge(
             "infinitetalk_sampler_steps_per_second", description="Denoising steps per second of the last job"
         )
-        self._runner = JobRunner(
+        runner = JobRunner(
             self._services.store,
             self._services.storage,
             PipelineEngine(components, self._encode_speech),
-            replica_id=self._replica_id(),
-            republish=dispatcher.publish,
+            stall_seconds=app_config.queue.stall_seconds,
             on_finished=self._record_finished,
         )
+        self._worker = JobWorker(self._services.store, runner, self._replica_id())
+        self._worker.start()
         logger.info(
             "sampler ready: %s on %s (%s)",
             model.preset,
@@ -81,7 +82,7 @@ class Sampler:
         except Exception:  # outside a replica (tests)
             return f"pid{os.getpid()}"
 
-    def _encode_speech(self, speech, frames: int):
+    def _encode_speech(self, speech: np.ndarray, frames: int) -> torch.Tensor:
         # Bounded: the heartbeat keeps the lease alive while this thread waits, so an encoder that never
         # comes back would hold the job in_progress forever. A timeout fails this attempt; the lease then
         # expires and the reaper retries the job (or fails it after max_attempts).
@@ -94,26 +95,19 @@ class Sampler:
 
     def _record_finished(self, record: JobRecord) -> None:
         metrics = self._services.metrics
-        metrics.record_job_finished(record.status, (record.finished_at or time.time()) - record.created_at)
+        metrics.record_job_duration((record.finished_at or time.time()) - record.created_at)
         metrics.record_stages(record.timings)
         sampling = record.timings.get("sampling")
-        steps = record.params.get("steps", 0) * record.reproducibility.get("chunks", 0)
+        steps = record.settings.steps * record.reproducibility.get("chunks", 0)
         if sampling and steps:
             self._steps_per_second.set(steps / sampling)
-
-    @task_handler(name=TASK_NAME)
-    def run_job(self, request_id: str) -> None:
-        self._runner.run(request_id)
 
     def check_health(self) -> None:
         if not self._services.store.ping():
             raise RuntimeError("job store (Redis) unreachable")
+        problem = self._worker.health_problem()
+        if problem is not None:
+            raise RuntimeError(problem)
 
     def __del__(self) -> None:
-        deadline = time.monotonic() + self._drain_seconds
-        while self._runner.running and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if self._runner.running:
-            self._runner.request_stop()
-            while self._runner.running:
-                time.sleep(0.2)
+        self._worker.stop(self._drain_seconds)

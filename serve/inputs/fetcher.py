@@ -30,7 +30,7 @@ import anyio
 import httpx
 import idna
 
-from serve.api.errors import ApiError, PayloadTooLarge, ValidationFailed
+from serve.inputs.errors import InputRejected, InputTooLarge
 
 if TYPE_CHECKING:
     from serve.config import FetchConfig
@@ -136,29 +136,17 @@ class FetchedInput:
 # -- errors --------------------------------------------------------------------------------------------------
 
 
-def _error(field: str, code: str, message: str) -> ApiError:
-    return ValidationFailed(f"{field}: {message}", code=code, details=[{"field": field, "message": message}])
+def _blocked(field: str, message: str) -> InputRejected:
+    return InputRejected(field, message, code="input_fetch_blocked")
 
 
-def _blocked(field: str, message: str) -> ApiError:
-    return _error(field, "input_fetch_blocked", message)
+def _failed(field: str, message: str) -> InputRejected:
+    return InputRejected(field, message, code="input_fetch_failed")
 
 
-def _failed(field: str, message: str) -> ApiError:
-    return _error(field, "input_fetch_failed", message)
-
-
-def _timeout(field: str, seconds: float) -> ApiError:
-    return _error(field, "input_fetch_timeout", f"the download did not finish within {seconds:g} s")
-
-
-def input_too_large(field: str, limit: int) -> ApiError:
-    """413 ``input_too_large`` naming the field (shared by every way an input arrives)."""
-    message = f"the input is larger than the {limit} byte limit"
-    return PayloadTooLarge(
-        f"{field}: {message}",
-        code="input_too_large",
-        details=[{"field": field, "message": message, "limit_bytes": limit}],
+def _timeout(field: str, seconds: float) -> InputRejected:
+    return InputRejected(
+        field, f"the download did not finish within {seconds:g} s", code="input_fetch_timeout"
     )
 
 
@@ -295,7 +283,7 @@ class Fetcher:
         self._verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
 
     async def fetch(self, url: str, *, field: str, max_bytes: int) -> FetchedInput:
-        """The body of ``url`` (after redirects), at most ``max_bytes`` long; ApiErrors naming ``field``."""
+        """The body of ``url`` (after redirects), at most ``max_bytes`` long; refusals name ``field``."""
         timeout = httpx.Timeout(self.policy.timeout_seconds, connect=self.policy.connect_timeout_seconds)
         # The client is closed outside the deadline's scope, so a timed-out fetch still releases its sockets.
         async with httpx.AsyncClient(
@@ -451,7 +439,7 @@ class Fetcher:
             if not _DIGITS.match(declared.strip()):
                 raise _failed(field, "the server sent an invalid Content-Length")
             if int(declared) > max_bytes:
-                raise input_too_large(field, max_bytes)
+                raise InputTooLarge(field, max_bytes)
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise _failed(
@@ -462,7 +450,7 @@ class Fetcher:
             async for chunk in response.aiter_raw():
                 body += chunk
                 if len(body) > max_bytes:
-                    raise input_too_large(field, max_bytes)
+                    raise InputTooLarge(field, max_bytes)
         except httpx.TimeoutException:
             raise _timeout(field, self.policy.timeout_seconds) from None
         except httpx.TransportError as error:

@@ -6,7 +6,10 @@ but cannot be used (corrupt, empty, too long, too many pixels). What the bytes a
 never from a file name or a claimed content type; the signature sniffing below only chooses between 415 and
 422 after the decoder refused, so it can never reject a file the decoder reads.
 
-Both probes are CPU-bound (up to seconds for long audio): call them in a worker thread from async code.
+Both probes are CPU-bound (up to seconds for long audio): call them in a worker thread from async code,
+a bounded number at a time. Images are capped at ``MAX_IMAGE_PIXELS`` (the model uses at most 1280x720;
+the cap leaves room for any photo worth sending) and checked with ``check_image`` at a reduced scale, so a
+small PNG claiming a huge canvas costs nothing and a large one at most its own decoded size.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.audio import SAMPLE_RATE, decode_audio
-from pipeline.conditioning.image import DEFAULT_MAX_PIXELS, load_image
-from pipeline.errors import AudioError, ImageError
-from serve.api.errors import api_error_from_pipeline
+from pipeline.conditioning.image import check_image
+from pipeline.errors import AudioError, ImageError, InputError
+from serve import fields
+from serve.inputs.errors import InputRejected, NotMedia
 
-IMAGE_FIELD = "284_image"
-AUDIO_FIELD = "125_audio"
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 _IMAGE_SIGNATURES = (
     b"\x89PNG\r\n\x1a\n",
@@ -59,25 +62,41 @@ class AudioProbe:
     duration_seconds: float
 
 
-def probe_image(data: bytes, *, field: str = IMAGE_FIELD, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageProbe:
-    """Decode the image fully (header-checked against decompression bombs first); 415/422 naming ``field``."""
+def probe_image(data: bytes, *, field: str = fields.IMAGE, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageProbe:
+    """Check the image decodes (header-checked against decompression bombs first); refusals name ``field``."""
     try:
-        image = load_image(data, name=field, max_pixels=max_pixels)
+        width, height = check_image(data, name=field, max_pixels=max_pixels)
     except ImageError as error:
-        not_media = _not_media(data, _looks_like_image)
-        raise api_error_from_pipeline(error, field=field, not_media=not_media) from None
-    width, height = image.size
+        raise _refusal(error, field, _not_media(data, _looks_like_image)) from None
     return ImageProbe(width=width, height=height)
 
 
-def probe_audio(data: bytes, *, field: str = AUDIO_FIELD, max_seconds: float | None = None) -> AudioProbe:
-    """Decode the audio (refused beyond ``max_seconds``); its duration, or 415/422 naming ``field``."""
+def probe_audio(data: bytes, *, field: str = fields.AUDIO, max_seconds: float | None = None) -> AudioProbe:
+    """Decode the audio (refused beyond ``max_seconds``); its duration. Refusals name ``field``."""
     try:
         samples = decode_audio(data, name=field, max_seconds=max_seconds)
     except AudioError as error:
-        not_media = _not_media(data, _looks_like_audio)
-        raise api_error_from_pipeline(error, field=field, not_media=not_media) from None
+        raise _refusal(error, field, _not_media(data, _looks_like_audio)) from None
     return AudioProbe(duration_seconds=samples.size / SAMPLE_RATE)
+
+
+def probe_any_media(data: bytes, *, max_audio_seconds: float | None = None) -> None:
+    """An upload must be an image or audio; the image probe's verdict is reported when both refuse."""
+    try:
+        probe_image(data, field="body")
+    except InputRejected as image_error:
+        try:
+            probe_audio(data, field="body", max_seconds=max_audio_seconds)
+        except InputRejected:
+            raise image_error from None
+
+
+def _refusal(error: InputError, field: str, not_media: bool) -> InputRejected:
+    # Pipeline messages often name the input already ("284_image: not an image ..."): keep the bare reason.
+    reason = error.message.removeprefix(f"{field}: ")
+    if not_media:
+        return NotMedia(field, reason, code="unsupported_media_type", type=error.code)
+    return InputRejected(field, reason, code=error.code, type=error.code)
 
 
 def _not_media(data: bytes, looks_like: Callable[[bytes], bool]) -> bool:

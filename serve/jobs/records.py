@@ -1,20 +1,21 @@
-"""The job record: the durable state of one generation job.
+"""The job record: the durable state of one generation job, typed end to end.
 
-The record, not the queue transport, is the source of truth for a job's status, so it carries everything the
+The record, not a queue transport, is the source of truth for a job's status, so it carries everything the
 status, result and cancel endpoints answer from and everything a worker needs to decide whether it still
-owns the job (the lease). Plain dataclasses: the engine side never sees pydantic.
+owns the job (the lease). It holds what the job needs and nothing else: the generation settings, and for
+each input where it was staged, its size and its hash, never the input's bytes or the reference the client
+sent (a ``data:`` URI can be megabytes). Plain dataclasses: the engine side never sees pydantic.
 
-Two encodings: ``to_dict``/``to_json`` for APIs and events, and ``to_redis_hash`` for the store, where every
-scalar is its own hash field so the store's Lua scripts can read and change status, attempt and lease
-without parsing JSON (dicts stay opaque JSON strings that only Python reads).
+In Redis every scalar is its own hash field, so the store's Lua scripts can read and change status, attempt
+and lease without parsing JSON; the settings, inputs and results are compact JSON strings only Python reads.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from enum import Enum
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -22,9 +23,11 @@ DEFAULT_MAX_ATTEMPTS = 3
 # error.code of a job whose executions all died (lease expired) or that could not be finished in the
 # allowed number of attempts.
 RETRIES_EXHAUSTED = "retries_exhausted"
+# error.code of a job whose run passed the configured maximum run time.
+TIME_LIMIT = "time_limit"
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     """The statuses of the HTTP API (``failed`` is the API's extension)."""
 
     IN_QUEUE = "in_queue"
@@ -57,14 +60,44 @@ class JobError:
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> JobError:
-        if not isinstance(data, Mapping):
-            raise ValueError(f"a job error must be an object, got {type(data).__name__}")
-        return cls(code=data.get("code", ""), message=data.get("message", ""))
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What the engine generates from: the request's settings, resolved (sizes in pixels), no inputs."""
+
+    prompt: str
+    width: int
+    height: int
+    frames: int
+    seed: int
+    steps: int
+    shift: float
+    cfg: float
 
 
-# How each field is written into a Redis hash. Fields left out of these sets are strings.
+class InputSource(StrEnum):
+    """How an input reached the server (for logs and the reproducibility record; never re-fetched)."""
+
+    URL = "url"
+    DATA = "data"
+    UPLOAD = "upload"
+    EXAMPLE = "example"
+
+
+@dataclass(frozen=True)
+class StagedInput:
+    """One input as the sampler finds it: the storage key of its bytes, their size and SHA-256."""
+
+    key: str
+    sha256: str
+    size_bytes: int
+    source: InputSource
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", InputSource(self.source))
+
+
+# How each scalar field is written into a Redis hash; the rest are strings or the JSON fields below.
 _FLOAT_FIELDS = frozenset(
     {
         "created_at",
@@ -75,10 +108,11 @@ _FLOAT_FIELDS = frozenset(
         "eta_seconds",
         "expires_at",
         "lease_expires_at",
+        "run_deadline_at",
     }
 )
 _INT_FIELDS = frozenset({"attempt", "max_attempts"})
-_JSON_FIELDS = frozenset({"params", "inputs", "output", "timings", "reproducibility"})
+_BOOL_FIELDS = frozenset({"cancel_requested"})
 
 
 @dataclass
@@ -87,11 +121,10 @@ class JobRecord:
 
     request_id: str
     tenant: str
+    settings: JobSettings
+    # Role ("image", "audio") -> where its bytes are staged.
+    inputs: dict[str, StagedInput] = field(default_factory=dict)
     status: JobStatus = JobStatus.IN_QUEUE
-    # Generation parameters (the validated request body in the engine's own names).
-    params: dict[str, Any] = field(default_factory=dict)
-    # Staged inputs: role ("image", "audio") -> storage key.
-    inputs: dict[str, str] = field(default_factory=dict)
     created_at: float = 0.0
     # Start of the current (latest) attempt.
     started_at: float | None = None
@@ -102,15 +135,18 @@ class JobRecord:
     progress: float = 0.0
     eta_seconds: float | None = None
     error: JobError | None = None
-    # Set on completion: e.g. {"video": <storage key>}.
-    output: dict[str, str] | None = None
+    # Set on completion: the storage key of the video of the run that won (each run writes its own key).
+    output_key: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     reproducibility: dict[str, Any] = field(default_factory=dict)
     # After this moment the result is gone (the API answers 410) and the record may be deleted.
     expires_at: float | None = None
+    # A client asked to cancel the running job; its worker stops at the next step and ends it cancelled.
     cancel_requested: bool = False
     lease_owner: str | None = None
     lease_expires_at: float | None = None
+    # The current run must have ended by then (the configured maximum run time), or it fails ``time_limit``.
+    run_deadline_at: float | None = None
     idempotency_key: str | None = None
 
     def __post_init__(self) -> None:
@@ -118,9 +154,9 @@ class JobRecord:
             raise ValueError(f"request_id must be a non-empty string, got {self.request_id!r}")
         if not isinstance(self.tenant, str) or not self.tenant:
             raise ValueError(f"tenant must be a non-empty string, got {self.tenant!r}")
+        if not isinstance(self.settings, JobSettings):
+            raise ValueError("settings must be JobSettings")
         self.status = JobStatus(self.status)
-        if isinstance(self.error, Mapping):
-            self.error = JobError.from_dict(self.error)
         if not 0.0 <= self.progress <= 1.0:
             raise ValueError(f"progress must be within [0, 1], got {self.progress!r}")
 
@@ -131,37 +167,6 @@ class JobRecord:
     def is_expired(self, now: float) -> bool:
         """Whether the retention period is over (the API answers 410 from then on)."""
         return self.expires_at is not None and now >= self.expires_at
-
-    # -- JSON ---------------------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["status"] = self.status.value
-        data["error"] = self.error.to_dict() if self.error is not None else None
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> JobRecord:
-        """Build a record; keys this version does not know are ignored so a rolling upgrade can add fields."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"a job record must be an object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        missing = {"request_id", "tenant"} - kwargs.keys()
-        if missing:
-            raise ValueError(f"a job record needs {sorted(missing)}")
-        return cls(**kwargs)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> JobRecord:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"a job record must be JSON: {exc}") from exc
-        return cls.from_dict(data)
 
     # -- Redis hash ---------------------------------------------------------------------------------------
 
@@ -176,14 +181,18 @@ class JobRecord:
                 out[f.name] = repr(float(value))
             elif f.name in _INT_FIELDS:
                 out[f.name] = str(int(value))
-            elif f.name in _JSON_FIELDS:
-                out[f.name] = json.dumps(value, separators=(",", ":"), sort_keys=True)
-            elif f.name == "error":
-                out[f.name] = json.dumps(value.to_dict(), separators=(",", ":"))
-            elif f.name == "cancel_requested":
+            elif f.name in _BOOL_FIELDS:
                 out[f.name] = "1" if value else "0"
             elif f.name == "status":
                 out[f.name] = value.value
+            elif f.name == "settings":
+                out[f.name] = compact_json(asdict(value))
+            elif f.name == "inputs":
+                out[f.name] = compact_json({role: _staged_dict(staged) for role, staged in value.items()})
+            elif f.name == "error":
+                out[f.name] = compact_json(value.to_dict())
+            elif f.name in ("timings", "reproducibility"):
+                out[f.name] = compact_json(value)
             else:
                 out[f.name] = str(value)
         return out
@@ -199,21 +208,37 @@ class JobRecord:
             if key not in known:
                 continue
             try:
-                if key in _FLOAT_FIELDS:
-                    kwargs[key] = float(value)
-                elif key in _INT_FIELDS:
-                    kwargs[key] = int(value)
-                elif key in _JSON_FIELDS:
-                    kwargs[key] = json.loads(value)
-                elif key == "error":
-                    kwargs[key] = JobError.from_dict(json.loads(value))
-                elif key == "cancel_requested":
-                    kwargs[key] = value == "1"
-                else:
-                    kwargs[key] = value
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"job record field {key!r} holds an unreadable value {value!r}") from exc
-        missing = {"request_id", "tenant"} - kwargs.keys()
+                kwargs[key] = _decode_field(key, value)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(f"job record field {key!r} holds an unreadable value") from exc
+        missing = {"request_id", "tenant", "settings"} - kwargs.keys()
         if missing:
             raise ValueError(f"a stored job record lacks {sorted(missing)}")
         return cls(**kwargs)
+
+
+def _decode_field(key: str, value: str) -> Any:
+    if key in _FLOAT_FIELDS:
+        return float(value)
+    if key in _INT_FIELDS:
+        return int(value)
+    if key in _BOOL_FIELDS:
+        return value == "1"
+    if key == "settings":
+        return JobSettings(**json.loads(value))
+    if key == "inputs":
+        return {role: StagedInput(**staged) for role, staged in json.loads(value).items()}
+    if key == "error":
+        return JobError(**json.loads(value))
+    if key in ("timings", "reproducibility"):
+        return json.loads(value)
+    return value
+
+
+def _staged_dict(staged: StagedInput) -> dict[str, Any]:
+    return {**asdict(staged), "source": staged.source.value}
+
+
+def compact_json(value: Any) -> str:
+    """The store's JSON: no spaces, sorted keys (so equal values are equal strings)."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)

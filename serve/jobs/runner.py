@@ -1,7 +1,22 @@
-"""Runs one job on a sampler replica: claim, heartbeat, generate, upload, finish.
+"""Runs one claimed job on a sampler replica: heartbeat, generate, upload this run's output, finish.
 
-No Ray here, so the whole job lifecycle is testable with a real Redis and a fake engine. The sampler
-deployment calls ``JobRunner.run`` from its task handler for every message it receives.
+No Ray here, so the whole job lifecycle is testable with a real Redis and a fake engine. The replica's
+``JobWorker`` claims a job and hands it to ``JobRunner.run``.
+
+What stops a run, and how it ends:
+
+* a client cancels it: the next heartbeat says so, the engine's next progress report raises, the job ends
+  ``cancelled`` with no output;
+* it passes the maximum run time: likewise, the job fails ``time_limit``;
+* its lease moved on (the replica was paused past it, Redis was away longer than the lease): the run stops
+  without touching the job, which another execution owns now;
+* it makes no progress for ``stall_seconds`` (a hung CUDA call): the heartbeat stops renewing the lease, so
+  the reaper hands the job to another replica, and ``stalled`` tells the replica's health check, so Serve
+  replaces the replica that hangs;
+* the replica stops: the job is handed back to the queue at its place.
+
+Every run writes its video under its own key; ``complete`` records which run won, and a run that loses
+(its lease moved on while it uploaded) deletes its object, so a job's output never changes once shown.
 """
 
 from __future__ import annotations
@@ -16,18 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.errors import CancelledError, PipelineError
-from serve.jobs.records import JobError, JobRecord, JobStatus
+from pipeline.errors import PipelineError
+from serve.jobs.operations import Beat
+from serve.jobs.records import TIME_LIMIT, JobError, JobRecord, JobSettings, JobStatus
 from serve.jobs.store import JobStore
-from serve.storage import output_key
+from serve.storage import ObjectStore, output_key
 
 logger = logging.getLogger(__name__)
 
-
-class BlobStore(Protocol):
-    def get_bytes(self, key: str) -> bytes: ...
-
-    def put_file(self, key: str, path: Path, content_type: str) -> None: ...
+# The engine reports progress every denoising step; a heartbeat goes with a report at most this often, so
+# a cancel is seen within a step without a Redis call per step on fast hardware.
+MIN_BEAT_INTERVAL_SECONDS = 1.0
 
 
 @dataclass
@@ -40,148 +54,163 @@ ProgressFn = Callable[[float, float | None], None]
 
 
 class Engine(Protocol):
-    """What a sampler replica runs: inputs as bytes in, an MP4 at ``out_path`` out."""
+    """What a sampler replica runs: settings and input bytes in, an MP4 at ``out_path`` out."""
 
     def run(
-        self, params: dict[str, Any], image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
     ) -> EngineOutput: ...
 
 
-class LeaseLost(Exception):
-    """The store gave this job to another execution (our lease expired): stop without touching it."""
+class _Interrupted(Exception):
+    """Raised from the engine's progress report to stop a run; ``beat`` says why."""
+
+    def __init__(self, beat: Beat | None) -> None:
+        super().__init__(beat.value if beat else "stopping")
+        self.beat = beat
 
 
-class Stopping(Exception):
-    """The replica is shutting down: hand the job back to the queue."""
+class _Heartbeat:
+    """Carries a run's progress to the store and the store's verdict back.
 
+    Beats come from the engine's progress reports (at most every ``MIN_BEAT_INTERVAL_SECONDS``) and from a
+    thread every third of the lease, for steps longer than that. Once no progress was reported for
+    ``stall_seconds`` the lease is no longer extended.
+    """
 
-class _Heartbeat(threading.Thread):
-    """Renews the lease every third of its length and carries the latest progress to the store."""
-
-    def __init__(self, store: JobStore, request_id: str, worker_id: str) -> None:
-        super().__init__(name=f"heartbeat-{request_id}", daemon=True)
+    def __init__(self, store: JobStore, request_id: str, worker_id: str, stall_seconds: float | None) -> None:
         self._store, self._id, self._worker = store, request_id, worker_id
+        self._stall_seconds = stall_seconds
+        self._lock = threading.Lock()
         self._stop_event = threading.Event()
-        self.progress: tuple[float, float | None] = (0.0, None)
-        self.lost = False
+        self._progress: tuple[float, float | None] = (0.0, None)
+        self._progress_at = self._beat_at = time.monotonic()
+        self.verdict: Beat = Beat.OK
+        self._stall_reported = False
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{request_id}", daemon=True)
 
-    def run(self) -> None:
-        interval = self._store.lease_seconds / 3
-        while not self._stop_event.wait(interval):
-            self.beat()
-
-    def beat(self) -> None:
-        try:
-            fraction, eta = self.progress
-            if not self._store.heartbeat(self._id, self._worker, progress=fraction, eta_seconds=eta):
-                self.lost = True
-                self._stop_event.set()
-        except Exception:  # a Redis blip must not kill the job; the next beat retries
-            logger.warning("heartbeat of %s failed", self._id, exc_info=True)
+    def start(self) -> None:
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop_event.set()
+
+    @property
+    def stalled(self) -> bool:
+        return self._stall_seconds is not None and time.monotonic() - self._progress_at > self._stall_seconds
+
+    def report(self, fraction: float, eta: float | None) -> Beat:
+        """The engine's progress: remembered, and beaten to the store when the last beat is a second old."""
+        with self._lock:
+            self._progress, self._progress_at = (fraction, eta), time.monotonic()
+        if time.monotonic() - self._beat_at >= MIN_BEAT_INTERVAL_SECONDS:
+            self.beat()
+        return self.verdict
+
+    def _run(self) -> None:
+        interval = self._store.policy.lease_seconds / 3
+        while not self._stop_event.wait(interval):
+            self.beat()
+            if self.verdict is not Beat.OK:
+                return
+
+    def beat(self) -> None:
+        with self._lock:
+            if self.verdict is not Beat.OK:
+                return
+            fraction, eta = self._progress
+            extend = not self.stalled
+            if not extend and not self._stall_reported:
+                self._stall_reported = True
+                logger.error(
+                    "job %s made no progress for %s s: its lease is let expire", self._id, self._stall_seconds
+                )
+            try:
+                self.verdict = self._store.heartbeat(
+                    self._id, self._worker, extend=extend, progress=fraction, eta_seconds=eta
+                )
+            except Exception:  # a Redis blip must not kill the job; the next beat retries
+                logger.warning("heartbeat of %s failed", self._id, exc_info=True)
+            self._beat_at = time.monotonic()
 
 
 class JobRunner:
     def __init__(
         self,
         store: JobStore,
-        storage: BlobStore,
+        storage: ObjectStore,
         engine: Engine,
         *,
-        replica_id: str,
-        republish: Callable[[str], None],
+        stall_seconds: float | None = None,
         on_finished: Callable[[JobRecord], None] = lambda record: None,
     ) -> None:
         self._store = store
         self._storage = storage
         self._engine = engine
-        self._replica_id = replica_id
-        self._republish = republish
+        self._stall_seconds = stall_seconds
         self._on_finished = on_finished
         self._stopping = threading.Event()
-        self._running = 0
-        self._lock = threading.Lock()
+        self._heartbeat: _Heartbeat | None = None
 
     @property
-    def running(self) -> int:
-        return self._running
+    def running(self) -> bool:
+        return self._heartbeat is not None
+
+    @property
+    def stalled(self) -> bool:
+        """The running job made no progress for ``stall_seconds``: the replica should be replaced."""
+        heartbeat = self._heartbeat
+        return heartbeat is not None and heartbeat.stalled
 
     def request_stop(self) -> None:
         """Graceful shutdown: the running job is handed back at its next progress report."""
         self._stopping.set()
 
-    def run(self, request_id: str) -> JobStatus | None:
-        """Execute one delivery of ``request_id``'s message: the oldest queued job (``JobStore.claim_next``).
-
-        None when the store says nothing is to run (the job finished, was cancelled or is running).
-        """
-        worker_id = f"{self._replica_id}:{uuid.uuid4().hex[:12]}"
-        if self._stopping.is_set():
-            self._republish(request_id)
-            return None
-        record = self._store.claim_next(request_id, worker_id)
-        if record is None:
-            logger.info(
-                "skipping delivery of %s: nothing claimable (finished, cancelled or running)", request_id
-            )
-            return None
-        with self._lock:
-            self._running += 1
-        heartbeat = _Heartbeat(self._store, record.request_id, worker_id)
+    def run(self, record: JobRecord, worker_id: str) -> JobStatus | None:
+        """Execute a job ``worker_id`` claimed; the status it ended in (None: not ours to end any more)."""
+        heartbeat = _Heartbeat(self._store, record.request_id, worker_id, self._stall_seconds)
+        self._heartbeat = heartbeat
         heartbeat.start()
         try:
             return self._execute(record, worker_id, heartbeat)
         finally:
             heartbeat.stop()
-            with self._lock:
-                self._running -= 1
+            self._heartbeat = None
 
     def _execute(self, record: JobRecord, worker_id: str, heartbeat: _Heartbeat) -> JobStatus | None:
         request_id = record.request_id
 
         def progress(fraction: float, eta: float | None) -> None:
-            heartbeat.progress = (fraction, eta)
-            if heartbeat.lost:
-                raise LeaseLost(request_id)
+            verdict = heartbeat.report(fraction, eta)
+            if verdict is not Beat.OK:
+                raise _Interrupted(verdict)
             if self._stopping.is_set():
-                raise Stopping(request_id)
+                raise _Interrupted(None)
 
         started = time.perf_counter()
         try:
-            image = self._storage.get_bytes(record.inputs["image"])
-            audio = self._storage.get_bytes(record.inputs["audio"])
+            image = self._storage.get_bytes(record.inputs["image"].key)
+            audio = self._storage.get_bytes(record.inputs["audio"].key)
             fetch_seconds = time.perf_counter() - started
             with tempfile.TemporaryDirectory(prefix="infinitetalk-") as workdir:
                 out_path = Path(workdir) / "video.mp4"
-                result = self._engine.run(record.params, image, audio, out_path, progress)
+                result = self._engine.run(record.settings, image, audio, out_path, progress)
                 upload_started = time.perf_counter()
-                # One fixed key per job: a second execution overwrites the same object, never a duplicate.
-                key = output_key(record.tenant, request_id)
+                key = output_key(record.tenant, request_id, run_token(worker_id))
                 self._storage.put_file(key, out_path, "video/mp4")
-            timings = {
-                "fetch_inputs": record.timings.get("fetch_inputs", 0.0) + fetch_seconds,
-                **result.timings,
-                "upload": time.perf_counter() - upload_started,
-            }
-            if not self._store.complete(
-                request_id, worker_id, {"video": key}, timings, result.reproducibility
-            ):
-                logger.warning(
-                    "job %s finished but its lease had moved on; result left to the owner", request_id
-                )
-                return None
-            return self._finished(request_id, JobStatus.COMPLETED)
-        except (LeaseLost, CancelledError):
-            logger.warning("job %s: lease lost mid-run; another execution owns it", request_id)
+            timings = {**record.timings, "fetch_inputs": fetch_seconds, **result.timings}
+            timings["upload"] = time.perf_counter() - upload_started
+            ended = self._store.complete(request_id, worker_id, key, timings, result.reproducibility)
+            if ended is JobStatus.COMPLETED:
+                return self._finished(request_id, ended)
+            # Cancelled meanwhile, or another run owns the job now: this run's video must never be shown.
+            self._storage.delete(key)
+            if ended is JobStatus.CANCELLED:
+                logger.info("job %s: cancelled while its video was stored; the video was deleted", request_id)
+                return self._finished(request_id, ended)
+            logger.warning("job %s: finished after losing its lease; its video was deleted", request_id)
             return None
-        except Stopping:
-            if not self._store.release(request_id, worker_id):
-                return None
-            self._republish(request_id)
-            logger.info("job %s handed back to the queue (replica stopping)", request_id)
-            return JobStatus.IN_QUEUE
+        except _Interrupted as interruption:
+            return self._interrupted(record, worker_id, interruption.beat)
         except PipelineError as error:
             # Bad media or settings found late: the job's own fault, so retrying cannot help.
             if not self._store.fail(request_id, worker_id, JobError(error.code, error.message)):
@@ -190,14 +219,41 @@ class JobRunner:
         except Exception:
             # Unknown failure (OOM, a bug): leave the lease to expire so the reaper retries the job on a
             # fresh execution, bounded by max_attempts.
-            logger.exception(
-                "job %s attempt %d failed; it will be retried after its lease", request_id, record.attempt
-            )
-            heartbeat.stop()
+            logger.exception("job %s attempt %d failed; retried after its lease", request_id, record.attempt)
             return None
+
+    def _interrupted(self, record: JobRecord, worker_id: str, beat: Beat | None) -> JobStatus | None:
+        request_id = record.request_id
+        if beat is None:
+            if not self._store.release(request_id, worker_id):
+                return None
+            logger.info("job %s handed back to the queue (replica stopping)", request_id)
+            return JobStatus.IN_QUEUE
+        if beat is Beat.CANCEL:
+            if not self._store.finish_cancelled(request_id, worker_id):
+                return None
+            return self._finished(request_id, JobStatus.CANCELLED)
+        if beat is Beat.TIME_LIMIT:
+            limit = self._store.policy.max_run_seconds
+            error = JobError(TIME_LIMIT, f"The job ran longer than the {limit:g} s it is allowed.")
+            if not self._store.fail(request_id, worker_id, error):
+                return None
+            return self._finished(request_id, JobStatus.FAILED)
+        logger.warning("job %s: lease lost mid-run; another execution owns it", request_id)
+        return None
 
     def _finished(self, request_id: str, status: JobStatus) -> JobStatus:
         record = self._store.get(request_id)
         if record is not None:
             self._on_finished(record)
         return status
+
+
+def new_worker_id(replica_id: str) -> str:
+    """One execution's identity: the replica, and a token unique to this claim."""
+    return f"{replica_id}:{uuid.uuid4().hex[:16]}"
+
+
+def run_token(worker_id: str) -> str:
+    """The part of a worker id that names the run (a storage key segment: the replica id may not be one)."""
+    return worker_id.rsplit(":", 1)[-1]

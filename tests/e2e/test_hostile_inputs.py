@@ -35,7 +35,8 @@ from loadtest.client import MODEL_PATH, ApiClient, job_body
 from loadtest.stack import BATTERY_MAX_AUDIO_BYTES as MAX_AUDIO_BYTES
 from loadtest.stack import BATTERY_MAX_IMAGE_BYTES as MAX_IMAGE_BYTES
 from loadtest.stack import TOKEN
-from serve.api.errors import ApiError
+from serve.api.errors import ApiError, api_error_from
+from serve.inputs.errors import InputRejected
 from serve.inputs.fetcher import Fetcher, FetchPolicy
 
 pytestmark = pytest.mark.e2e
@@ -569,13 +570,20 @@ def _fetch(fetcher: Fetcher, url: str, max_bytes: int = MAX_IMAGE_BYTES) -> Any:
     return anyio.run(go)
 
 
+def _refusal(fetcher: Fetcher, url: str) -> ApiError:
+    """How the API answers the fetcher's refusal of ``url`` (``InputRejected``: the fetcher knows no HTTP)."""
+    with pytest.raises(InputRejected) as raised:
+        _fetch(fetcher, url)
+    assert raised.value.field == "284_image", raised.value.message
+    return api_error_from(raised.value)
+
+
 @pytest.mark.parametrize("url", PRIVATE_TARGETS.values(), ids=PRIVATE_TARGETS.keys())
 def test_guard_refuses_private_targets_before_connecting(egress_blocked: list[Any], url: str) -> None:
     fetcher = Fetcher(FetchPolicy(), resolver=stub_resolver)
-    with pytest.raises(ApiError) as raised:
-        _fetch(fetcher, url)
-    assert (raised.value.status, raised.value.code) == (422, "input_fetch_blocked"), raised.value.message
-    assert raised.value.details[0]["field"] == "284_image"
+    refusal = _refusal(fetcher, url)
+    assert (refusal.status, refusal.code) == (422, "input_fetch_blocked"), refusal.message
+    assert refusal.details[0]["field"] == "284_image"
 
 
 # -- redirects, sizes and time, in-process against a local TLS server ----------------------------------------
@@ -686,9 +694,8 @@ def test_guard_rechecks_every_redirect(egress_blocked: list[Any], asset_server, 
     base, context, seen = asset_server
     seen.clear()
     fetcher = _local_fetcher(context, max_redirects=3)
-    with pytest.raises(ApiError) as raised:
-        _fetch(fetcher, f"{base}{path}")
-    assert (raised.value.status, raised.value.code) == (422, code), raised.value.message
+    refusal = _refusal(fetcher, f"{base}{path}")
+    assert (refusal.status, refusal.code) == (422, code), refusal.message
     expected_hops = 4 if path == "/loop" else 1  # the loop is followed max_redirects times, then refused
     assert seen == [path] * expected_hops
 
@@ -707,9 +714,8 @@ def test_guard_caps_size_and_time(
     base, context, _ = asset_server
     fetcher = _local_fetcher(context, timeout_seconds=1.5, connect_timeout_seconds=1.0)
     started = time.monotonic()
-    with pytest.raises(ApiError) as raised:
-        _fetch(fetcher, f"{base}{path}")
-    assert (raised.value.status, raised.value.code) == (status, code), raised.value.message
+    refusal = _refusal(fetcher, f"{base}{path}")
+    assert (refusal.status, refusal.code) == (status, code), refusal.message
     assert time.monotonic() - started < 5.0
 
 

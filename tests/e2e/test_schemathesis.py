@@ -7,8 +7,8 @@ cancel with ``$response.body#/request_id``, and status → result and cancel. Ev
 follows the links.
 
 Bounded: a schema-valid submit body is turned into the cheapest job (480x480, 125 frames, 6 steps, the
-values stay valid) and every job it creates is cancelled at once; the few the sampler picks up before the
-cancel run to the end, and the module's teardown follows all of them until they are terminal.
+values stay valid) and every job it creates is cancelled at once (one the sampler picked up already ends
+cancelled at its next step), and the module's teardown follows all of them until they are terminal.
 """
 
 from __future__ import annotations

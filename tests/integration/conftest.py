@@ -9,9 +9,10 @@ after its last test, before any other suite starts its own:
 * a local Ray cluster with 4 CPUs and one fake GPU (``num_gpus=1`` only makes Ray count a GPU; the tiny
   preset runs on CPU), so two Sampler replicas at ``num_gpus: 0.5`` share it as on a real GPU node;
 * Serve's HTTP proxy on 127.0.0.1 at a free port, and the application of ``configs/local.yaml`` with its
-  args and per-deployment options changed for the test (storage and tokens in the temporary directory, a
-  6 s lease and a 1 s maintenance period so a dead sampler's job is retried within seconds, two Sampler
-  replicas at ``num_gpus: 0.5`` under the autoscaling policy that ``configs/gpu.yaml`` names).
+  args and per-deployment options changed for the test (storage and tokens in the temporary directory: three
+  tenants, one with a queued cap of its own; a 6 s lease and a 1 s maintenance period so a dead sampler's
+  job is retried within seconds, two Sampler replicas at ``num_gpus: 0.5`` under the autoscaling policy
+  that ``configs/gpu.yaml`` names).
 
 The app is deployed as a config, the way ``serve run configs/local.yaml`` deploys it: the Serve controller
 imports ``serve.app:build_app`` with the args and then applies the config's ``deployments:`` overrides,
@@ -23,8 +24,8 @@ replica details (pids) that ``serve status`` shows; ``ray.util.state`` needs the
 Tests that kill replicas leave it to Serve to start new ones; the ``stack`` fixture waits for every
 deployment to be healthy again before the next test starts. Each poll loop has its own deadline, well under
 the pytest timeout, so a stuck job fails its test with the job's history rather than hanging the run.
-Run with ``python -m pytest tests/integration -q -s`` (``-s`` shows the fault timelines); 6-8 minutes on 2
-busy cores, a third of it starting the stack.
+Run with ``python -m pytest tests/integration -q -s`` (``-s`` shows the fault timelines); about 3 minutes on
+2 idle cores (longer when they are busy), a sixth of it starting the stack.
 """
 
 from __future__ import annotations
@@ -37,18 +38,18 @@ import pytest
 import yaml
 
 from serve.config import AppConfig
-from serve.jobs import EmbeddedRedis, JobStore
+from serve.jobs.embedded_redis import EmbeddedRedis
+from serve.jobs.store import JobStore
 
 from .integration_stack import (
     APP_NAME,
     DEPLOY_TIMEOUT_S,
-    OTHER_TOKEN,
-    TENANT,
     TOKEN,
     Stack,
     app_document,
     app_state,
     free_port,
+    tokens_document,
 )
 
 
@@ -93,7 +94,7 @@ def _deployed(
 
     tmp = tmp_path_factory.mktemp("app")
     tokens_file = tmp / "tokens.yaml"
-    tokens_file.write_text(yaml.safe_dump({TOKEN: TENANT, OTHER_TOKEN: "beta"}))
+    tokens_file.write_text(yaml.safe_dump(tokens_document()))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     app = app_document(redis_server.url, tmp, tokens_file)
@@ -101,9 +102,7 @@ def _deployed(
     base_url = f"http://127.0.0.1:{port}"
     http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30.0)
     config = AppConfig.model_validate(app["args"])
-    store = JobStore(
-        redis_server.client(), namespace=config.redis.namespace, lease_seconds=config.queue.lease_seconds
-    )
+    store = JobStore(redis_server.client(), namespace=config.redis.namespace, policy=config.queue.policy())
     stack = Stack(base_url=base_url, http=http, store=store, storage_root=tmp / "storage")
     try:
         deadline = time.monotonic() + DEPLOY_TIMEOUT_S

@@ -8,8 +8,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,9 @@ import httpx
 import pytest
 import yaml
 
-from serve.jobs import JobRecord, JobStore
+from serve.jobs.records import JobRecord, JobStatus
+from serve.jobs.runner import run_token
+from serve.jobs.store import JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_CONFIG = ROOT / "configs" / "local.yaml"
@@ -26,6 +28,11 @@ APP_NAME = "infinitetalk"
 TOKEN = "integration-token-alpha-0123456789"
 OTHER_TOKEN = "integration-token-beta-0123456789"
 TENANT = "alpha"
+OTHER_TENANT = "beta"
+# A tenant with a small queued cap of its own (the tokens file's ``tenants:`` section), for the fairness test.
+GREEDY_TOKEN = "integration-token-greedy-0123456789"
+GREEDY_TENANT = "greedy"
+GREEDY_MAX_QUEUED = 3
 SAMPLER_REPLICAS = 2
 SAMPLER_GPUS = 0.5
 LEASE_SECONDS = 6.0
@@ -108,9 +115,14 @@ class Stack:
 
     # -- HTTP ------------------------------------------------------------------------------------------------
 
+    def post_job(self, **fields: Any) -> httpx.Response:
+        """Submit ``TINY_JOB`` with ``fields`` changed; the response, whatever it is."""
+        return self.http.post(
+            "/v1/models/community/infinite-talk/image-to-video", json={**TINY_JOB, **fields}
+        )
+
     def submit(self, **fields: Any) -> str:
-        body = {**TINY_JOB, **fields}
-        response = self.http.post("/v1/models/community/infinite-talk/image-to-video", json=body)
+        response = self.post_job(**fields)
         assert response.status_code == 202, response.text
         request_id = response.json()["request_id"]
         self.submitted.append(request_id)
@@ -155,6 +167,17 @@ class Stack:
     def wait_terminal(self, request_id: str, timeout_s: float = 240.0, **kwargs: Any) -> dict[str, Any]:
         return self.poll(request_id, lambda s: s["status"] in TERMINAL, timeout_s, **kwargs)
 
+    @contextlib.contextmanager
+    def as_tenant(self, token: str) -> Iterator[Stack]:
+        """The same stack through another tenant's token (its jobs stay out of this stack's ``submitted``)."""
+        http = httpx.Client(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0
+        )
+        try:
+            yield replace(self, http=http, submitted=[])
+        finally:
+            http.close()
+
     # -- white-box views ---------------------------------------------------------------------------------
 
     def record(self, request_id: str) -> JobRecord:
@@ -162,10 +185,35 @@ class Stack:
         assert record is not None, f"no job record for {request_id}"
         return record
 
-    def output_files(self, request_id: str, tenant: str = TENANT) -> list[Path]:
-        """Every file in the job's output folder, hidden temp files included: a job has one object or none."""
+    def output_files(self, request_id: str, tenant: str = TENANT) -> list[str]:
+        """The storage key of every file under the job's output folder (each run writes its own
+        ``{run}/video.mp4`` there), hidden temp files included: a job shows one object or none."""
         folder = self.storage_root / "outputs" / tenant / request_id
-        return sorted(folder.iterdir()) if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        return sorted(p.relative_to(self.storage_root).as_posix() for p in folder.rglob("*") if p.is_file())
+
+    def assert_single_output(self, request_id: str, tenant: str = TENANT) -> str:
+        """The completed job's storage holds exactly the object its record names, written by the run that
+        held the lease at the end (its run token is in the key); that key."""
+        record = self.record(request_id)
+        assert record.status is JobStatus.COMPLETED, record
+        assert record.output_key is not None and record.lease_owner is not None, record
+        expected = f"outputs/{tenant}/{request_id}/{run_token(record.lease_owner)}/video.mp4"
+        assert record.output_key == expected, (record.output_key, expected)
+        assert self.output_files(request_id, tenant) == [expected]
+        return expected
+
+    def counts(self) -> dict[str, int]:
+        return {status.value: n for status, n in self.store.counts().items()}
+
+    def wait_idle(self, timeout_s: float = 300.0) -> None:
+        """No job queued or running (an earlier test's jobs ended): both Sampler replicas are free."""
+        deadline = time.monotonic() + timeout_s
+        while (counts := self.counts())["in_queue"] + counts["in_progress"]:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the stack did not become idle within {timeout_s:.0f}s: {counts}")
+            time.sleep(0.5)
 
     def replicas(self, deployment: str) -> list[Replica]:
         """The RUNNING replicas of a deployment, with their worker process ids."""
@@ -210,6 +258,14 @@ def app_state() -> str:
 
     app = serve.status().applications.get(APP_NAME)
     return "absent" if app is None else app.status.value
+
+
+def tokens_document() -> dict[str, Any]:
+    """The tokens file: three tenants, one of them with its own queued cap."""
+    return {
+        "tokens": {TOKEN: TENANT, OTHER_TOKEN: OTHER_TENANT, GREEDY_TOKEN: GREEDY_TENANT},
+        "tenants": {GREEDY_TENANT: {"max_queued": GREEDY_MAX_QUEUED}},
+    }
 
 
 def app_document(redis_url: str, tmp: Path, tokens_file: Path) -> dict[str, Any]:

@@ -1,8 +1,8 @@
-"""Shared pieces of the API, runner, dispatcher and metrics tests.
+"""Shared pieces of the API, runner, worker and metrics tests.
 
-Everything between the HTTP edge and the engine is real: a Redis server (the embedded one), the job store,
-the dispatcher, local storage, the runner. Only the two ends are fakes: the message publisher (it records the
-ids it was handed) and the engine (it writes a tiny real MP4, or fails the way the test needs).
+The stack is the app's own composition root (``serve.services.Services``) on a real Redis server (the
+embedded one) with local storage; only the engine is a fake (it writes a tiny real MP4, or fails the way the
+test needs), and the clock is the test's.
 """
 
 from __future__ import annotations
@@ -20,26 +20,19 @@ from typing import Any
 import numpy as np
 import redis
 from PIL import Image
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from pipeline.errors import PipelineError
 from pipeline.video import write_mp4
-from serve.api.routes import ApiContext, create_api
+from serve.api.routes import create_api
 from serve.api.schemas import SubmitRequest
-from serve.auth import Authenticator
-from serve.config import AppConfig, FetchConfig, QueueConfig, StorageConfig
-from serve.inputs.fetcher import Fetcher, FetchPolicy
-from serve.inputs.references import InputResolver
-from serve.jobs import JobRecord, JobStore
-from serve.jobs.dispatch import Dispatcher
-from serve.jobs.reader import JobReader
+from serve.config import AppConfig, AuthConfig, FetchConfig, QueueConfig, RedisConfig, StorageConfig
+from serve.jobs.records import InputSource, JobRecord, JobSettings, StagedInput
 from serve.jobs.runner import EngineOutput, JobRunner, ProgressFn
-from serve.metrics import MetricsRecorder
-from serve.storage import LocalStorage, input_key
+from serve.services import Services
+from serve.storage import input_key
 
 NAMESPACE = "apitest"
-SIGNING_KEY = b"s" * 32
+SIGNING_KEY = "s" * 32
 TOKENS = {"alpha-token-0123456789abcdef": "alpha", "beta-token-0123456789abcdef": "beta"}
 ALPHA = {"Authorization": "Bearer alpha-token-0123456789abcdef"}
 BETA = {"Authorization": "Bearer beta-token-0123456789abcdef"}
@@ -57,8 +50,7 @@ SEED_BODY = {
 
 
 class Clock:
-    """Shared by the store, dispatcher and storage. Starts at the real time: the routes compare ``expires_at``
-    with ``time.time()``, so records must carry real-looking times."""
+    """Shared by the stores and storage. Starts at the real time, so records carry real-looking times."""
 
     def __init__(self, now: float | None = None) -> None:
         self.now = time.time() if now is None else now
@@ -68,31 +60,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class FakePublisher:
-    """Stands in for the Celery task publisher: records every id it was asked to publish.
-
-    While ``broken`` is set it raises instead, as a publisher whose broker is unreachable does.
-    """
-
-    def __init__(self) -> None:
-        self.published: list[str] = []
-        self.broken = False
-        self._lock = threading.Lock()
-
-    def __call__(self, request_id: str) -> None:
-        if self.broken:
-            raise ConnectionError("broker unreachable")
-        with self._lock:
-            self.published.append(request_id)
-
-
-def redis_client(url: str) -> redis.Redis:
-    """No retries and short timeouts, so a dead server is noticed at once."""
-    return redis.Redis.from_url(
-        url, socket_timeout=2.0, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
-    )
 
 
 # -- media -------------------------------------------------------------------------------------------------
@@ -134,13 +101,13 @@ class OkEngine:
     """Reports progress once and writes a tiny real MP4."""
 
     calls: int = 0
-    seen: list[tuple[dict[str, Any], bytes, bytes]] = field(default_factory=list)
+    seen: list[tuple[JobSettings, bytes, bytes]] = field(default_factory=list)
 
     def run(
-        self, params: dict[str, Any], image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
         self.calls += 1
-        self.seen.append((dict(params), image, audio))
+        self.seen.append((settings, image, audio))
         progress(0.5, 0.1)
         write_tiny_mp4(out_path)
         return EngineOutput(
@@ -151,7 +118,7 @@ class OkEngine:
                 "vae_decode": 0.05,
                 "mux": 0.01,
             },
-            reproducibility={"seed": params["seed"], "output_size": f"{params['width']}x{params['height']}"},
+            reproducibility={"seed": settings.seed, "output_size": f"{settings.width}x{settings.height}"},
         )
 
 
@@ -163,7 +130,7 @@ class FailingEngine:
     calls: int = 0
 
     def run(
-        self, params: dict[str, Any], image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
         self.calls += 1
         raise self.error
@@ -176,35 +143,54 @@ class CrashingEngine:
     calls: int = 0
 
     def run(
-        self, params: dict[str, Any], image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
         self.calls += 1
         raise RuntimeError("CUDA out of memory at /secret/path/model.py:42")
 
 
 class SlowEngine:
-    """Reports ``fraction``/``eta`` until ``release`` is set (calling ``progress`` as the real sampler does
-    every step, which is where the runner stops it), then writes the MP4."""
+    """Reports ``fraction``/``eta`` every ``step_seconds`` until ``release`` is set (calling ``progress`` as
+    the real sampler does every step, which is where the runner stops it), then writes the MP4."""
 
-    def __init__(self, fraction: float = 0.25, eta: float = 30.0) -> None:
-        self.fraction, self.eta = fraction, eta
+    def __init__(self, fraction: float = 0.25, eta: float = 30.0, step_seconds: float = 0.01) -> None:
+        self.fraction, self.eta, self.step_seconds = fraction, eta, step_seconds
         self.started = threading.Event()
         self.release = threading.Event()
+        self.steps = 0
         self.calls = 0
         self.finished = 0
 
     def run(
-        self, params: dict[str, Any], image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
         self.calls += 1
+        self.steps = 0
         progress(self.fraction, self.eta)
         self.started.set()
-        while not self.release.wait(0.01):
+        while not self.release.wait(self.step_seconds):
+            self.steps += 1
             progress(self.fraction, self.eta)
         progress(1.0, 0.0)
         write_tiny_mp4(out_path)
         self.finished += 1
-        return EngineOutput(timings={"sampling": 0.5}, reproducibility={"seed": params["seed"]})
+        return EngineOutput(timings={"sampling": 0.5}, reproducibility={"seed": settings.seed})
+
+
+class HangingEngine:
+    """Reports progress once, then blocks (a hung CUDA call) until ``release`` is set; then raises."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def run(
+        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+    ) -> EngineOutput:
+        progress(0.1, None)
+        self.started.set()
+        self.release.wait()
+        raise RuntimeError("the hung call returned an error at last")
 
 
 def run_in_thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
@@ -226,69 +212,42 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 # -- the stack -------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Stack:
-    config: AppConfig
-    redis: redis.Redis
-    clock: Clock
-    store: JobStore
-    storage: LocalStorage
-    publisher: FakePublisher
-    dispatcher: Dispatcher
-    metrics: MetricsRecorder
-    context: ApiContext
+class Stack(Services):
+    """The app's services on the test's Redis, clock and storage directory, with helpers for the tests."""
 
     def app(self):
-        return create_api(self.context)
+        return create_api(self.api_context())
+
+    def enqueue(self, tenant: str = "alpha") -> str:
+        """A queued job as a submit leaves it (inputs staged, record created), without HTTP."""
+        request_id = uuid.uuid4().hex
+        inputs = {}
+        for role, data in (("image", png_bytes()), ("audio", wav_bytes())):
+            key = input_key(tenant, request_id, role)
+            self.storage.put_bytes(key, data, "application/octet-stream")
+            inputs[role] = StagedInput(key, "0" * 64, len(data), InputSource.EXAMPLE)
+        settings = SubmitRequest.model_validate(SEED_BODY).to_settings()
+        self.store.create(JobRecord(request_id=request_id, tenant=tenant, settings=settings, inputs=inputs))
+        return request_id
+
+    def runner(self, engine: Any, *, stall_seconds: float | None = None) -> JobRunner:
+        return JobRunner(
+            self.store, self.storage, engine, stall_seconds=stall_seconds, on_finished=self.record_finished
+        )
 
     def record_finished(self, record: JobRecord) -> None:
         """What the sampler deployment does when a job ends."""
-        self.metrics.record_job_finished(
-            record.status, (record.finished_at or self.clock()) - record.created_at
-        )
+        self.metrics.record_job_duration((record.finished_at or self.clock()) - record.created_at)
         self.metrics.record_stages(record.timings)
 
-    def enqueue(self, tenant: str = "alpha", *, publish: bool = True) -> str:
-        """A queued job as the submit route leaves it (inputs staged, record created, message published),
-        without HTTP. ``publish=False``: as if the ingress died right after writing the record."""
-        request_id = uuid.uuid4().hex
-        inputs = {role: input_key(tenant, request_id, role) for role in ("image", "audio")}
-        self.storage.put_bytes(inputs["image"], png_bytes(), "application/octet-stream")
-        self.storage.put_bytes(inputs["audio"], wav_bytes(), "application/octet-stream")
-        params = SubmitRequest.model_validate(SEED_BODY).to_generation_params().to_dict()
-        self.dispatcher.mark_pending(request_id)
-        self.store.create(
-            JobRecord(
-                request_id=request_id,
-                tenant=tenant,
-                params=params,
-                inputs=inputs,
-                timings={"fetch_inputs": 0.1},
-            )
-        )
-        if publish:
-            self.dispatcher.publish(request_id)
-        return request_id
+    def claim_and_run(self, engine: Any, worker_id: str = "replica-1:run1") -> Any:
+        record = self.store.claim_next(worker_id)
+        assert record is not None, "nothing to claim"
+        return self.runner(engine).run(record, worker_id)
 
-    def pending(self) -> list[str]:
-        """Ids the dispatcher still holds as unpublished."""
-        return [raw.decode() for raw in self.redis.zrange(self.dispatcher._pending, 0, -1)]
-
-    def runner(self, engine: Any, replica_id: str = "replica-1") -> JobRunner:
-        return JobRunner(
-            self.store,
-            self.storage,
-            engine,
-            replica_id=replica_id,
-            republish=self.dispatcher.publish,
-            on_finished=self.record_finished,
-        )
-
-
-def _url_of(client: redis.Redis) -> str:
-    """The URL of a sync client, for the asynchronous reader of the same server."""
-    kwargs = client.connection_pool.connection_kwargs
-    return f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    def objects(self, prefix: str) -> list[str]:
+        root = Path(self.config.storage.root)
+        return sorted(str(path.relative_to(root)) for path in (root / prefix).rglob("*") if path.is_file())
 
 
 def build_stack(
@@ -299,19 +258,23 @@ def build_stack(
     max_queued: int = 50,
     lease_seconds: float = 60.0,
     max_attempts: int = 3,
-    grace_seconds: float = 10.0,
     public_base_url: str | None = None,
-    is_ready: Callable[[], bool] = lambda: True,
+    queue: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    tokens_file: Path | None = None,
 ) -> Stack:
-    clock = clock or Clock()
+    kwargs = client.connection_pool.connection_kwargs
+    url = f"redis://{kwargs.get('host', '127.0.0.1')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
     config = AppConfig(
+        redis=RedisConfig(url=url, namespace=NAMESPACE),
         storage=StorageConfig(root=str(root / "storage"), url_ttl_seconds=URL_TTL_SECONDS),
+        auth=AuthConfig(tokens_env="TEST_API_TOKENS", tokens_file=str(tokens_file) if tokens_file else None),
         queue=QueueConfig(
             max_queued=max_queued,
             lease_seconds=lease_seconds,
             max_attempts=max_attempts,
             retention_seconds=RETENTION_SECONDS,
+            **dict(queue or {}),
         ),
         fetch=FetchConfig(
             max_image_bytes=MAX_IMAGE_BYTES, max_audio_bytes=MAX_AUDIO_BYTES, max_audio_seconds=60
@@ -319,30 +282,8 @@ def build_stack(
         public_base_url=public_base_url,
         **dict(overrides or {}),
     )
-    store = JobStore(
-        client,
-        namespace=NAMESPACE,
-        lease_seconds=lease_seconds,
-        max_attempts=max_attempts,
-        retention_seconds=RETENTION_SECONDS,
-        max_queued=max_queued,
-        clock=clock,
-    )
-    storage = LocalStorage(
-        config.storage.root, signing_key=SIGNING_KEY, public_base_url=public_base_url, clock=clock
-    )
-    publisher = FakePublisher()
-    dispatcher = Dispatcher(store, client, publisher, grace_seconds=grace_seconds, clock=clock)
-    metrics = MetricsRecorder(client, NAMESPACE)
-    context = ApiContext(
-        config=config,
-        store=store,
-        reader=JobReader.from_url(store, _url_of(client), timeout_seconds=2.0),
-        storage=storage,
-        dispatcher=dispatcher,
-        resolver=InputResolver(Fetcher(FetchPolicy.from_config(config.fetch)), storage),
-        authenticator=Authenticator(TOKENS),
-        metrics=metrics,
-        is_ready=is_ready,
-    )
-    return Stack(config, client, clock, store, storage, publisher, dispatcher, metrics, context)
+    environ = {
+        "TEST_API_TOKENS": ",".join(f"{token}:{tenant}" for token, tenant in TOKENS.items()),
+        "INFINITETALK_SIGNING_KEY": SIGNING_KEY,
+    }
+    return Stack(config, url, clock=clock or Clock(), environ=environ)

@@ -8,7 +8,6 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from pipeline.errors import AudioError, ImageError, SizeError, WeightsError
 from serve.api.errors import (
     ApiError,
     BadRequest,
@@ -20,16 +19,27 @@ from serve.api.errors import (
     NotFound,
     NotReady,
     PayloadTooLarge,
-    QueueFull,
     TooManyRequests,
     Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
-    api_error_from_pipeline,
+    api_error_from,
     error_responses,
     install_error_handlers,
 )
 from serve.api.schemas import ErrorBody, SubmitRequest
+from serve.auth import AuthenticationFailed
+from serve.inputs.errors import InputRejected, InputTooLarge, NotMedia
+from serve.jobs.errors import (
+    AppDraining,
+    IdempotencyConflict,
+    JobGone,
+    JobNotFound,
+    QueueFull,
+    TenantQueueFull,
+    UploadQuotaExceeded,
+)
+from serve.storage.errors import DownloadLinkExpired, DownloadLinkInvalid, ObjectNotFound
 
 SUBMIT = "/v1/models/community/infinite-talk/image-to-video"
 VALID = {
@@ -41,7 +51,7 @@ VALID = {
 RAISED = {
     "conflict": Conflict.not_cancellable("req-1", "in_progress"),
     "gone": Gone(),
-    "queue": QueueFull(retry_after=7),
+    "queue": TooManyRequests(code="queue_full", retry_after=7),
     "draining": Draining(retry_after=3),
     "not_ready": NotReady(retry_after=10),
     "unauthorized": Unauthorized(token_sent=True),
@@ -246,7 +256,7 @@ def test_status_classes() -> None:
     )
     assert Unauthorized().headers == {"WWW-Authenticate": 'Bearer realm="infinitetalk"'}
     with pytest.raises(ValueError):
-        QueueFull(retry_after=-1)
+        TooManyRequests(retry_after=-1)
     with pytest.raises(ValueError):
         NotReady(retry_after=True)  # type: ignore[arg-type]
 
@@ -257,33 +267,40 @@ def test_api_error_body_and_custom_code() -> None:
     assert error.to_body() == {"error": {"code": "custom", "message": "bad", "details": [{"field": "x"}]}}
 
 
-def test_pipeline_input_errors_map_to_422_or_415() -> None:
-    error = api_error_from_pipeline(
-        ImageError("284_image: unreadable, truncated or corrupt image"), field="284_image"
+def test_input_refusals_name_their_field_with_the_right_status() -> None:
+    error = api_error_from(
+        InputRejected("284_image", "unreadable image", code="invalid_image", type="invalid_image")
     )
-    assert (error.status, error.code) == (422, "invalid_image")
-    assert error.message == "284_image: unreadable, truncated or corrupt image"
-    assert error.details == [
-        {
-            "field": "284_image",
-            "message": "unreadable, truncated or corrupt image",
-            "type": "invalid_image",
-        }
-    ]
-    error = api_error_from_pipeline(AudioError("audio lasts 700 s"), field="125_audio")
-    assert (error.status, error.code, error.message) == (422, "invalid_audio", "125_audio: audio lasts 700 s")
-    assert error.details == [{"field": "125_audio", "message": "audio lasts 700 s", "type": "invalid_audio"}]
-    error = api_error_from_pipeline(AudioError("no audio stream"), field="125_audio", not_media=True)
-    assert (error.status, error.code) == (415, "unsupported_media_type")
-    assert api_error_from_pipeline(SizeError("bad size")).status == 422
+    assert (error.status, error.code, error.message) == (422, "invalid_image", "284_image: unreadable image")
+    assert error.details == [{"field": "284_image", "message": "unreadable image", "type": "invalid_image"}]
+    too_large = api_error_from(InputTooLarge("125_audio", 1024))
+    assert (too_large.status, too_large.code) == (413, "input_too_large")
+    assert too_large.details[0]["limit_bytes"] == 1024
+    not_media = api_error_from(NotMedia("125_audio", "no audio stream", code="unsupported_media_type"))
+    assert (not_media.status, not_media.code) == (415, "unsupported_media_type")
 
 
-def test_pipeline_internal_errors_hide_their_message(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="serve.api.errors"):
-        error = api_error_from_pipeline(WeightsError("/secret/path/dit.safetensors: missing keys"))
-    assert (error.status, error.code) == (500, "internal_error")
-    assert "secret" not in error.message
-    assert "missing keys" in caplog.text
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (AuthenticationFailed("Unknown or revoked token.", token_sent=True), 401, "unauthorized"),
+        (ObjectNotFound("k"), 404, "not_found"),
+        (DownloadLinkInvalid(), 404, "not_found"),
+        (DownloadLinkExpired(), 410, "expired"),
+        (JobNotFound("a" * 32), 404, "not_found"),
+        (JobGone("a" * 32), 410, "expired"),
+        (IdempotencyConflict("a" * 32), 409, "idempotency_conflict"),
+        (QueueFull("full"), 429, "queue_full"),
+        (TenantQueueFull(5), 429, "tenant_queue_full"),
+        (UploadQuotaExceeded(100, 90), 413, "upload_quota_exceeded"),
+        (AppDraining(30), 503, "draining"),
+    ],
+)
+def test_every_lower_layer_error_has_its_http_meaning(error, status, code) -> None:
+    converted = api_error_from(error)
+    assert (converted.status, converted.code) == (status, code)
+    if status in (429, 503):
+        assert int(converted.headers["Retry-After"]) > 0
 
 
 def test_error_responses_for_openapi() -> None:

@@ -13,17 +13,18 @@ from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
 import serve.auth
-from serve.api.errors import Unauthorized, install_error_handlers
+from serve.api.errors import install_error_handlers
+from serve.api.security import install_authenticator, require_tenant
 from serve.auth import (
     LOCAL_TENANT,
     AuthConfigError,
+    AuthenticationFailed,
     Authenticator,
-    install_authenticator,
     load_tokens_file,
     parse_tokens_env,
-    require_tenant,
 )
 from serve.config import AuthConfig
+from serve.jobs.operations import TenantLimits
 
 TOKEN_A = "tokA-0123456789abcdef0123456789"
 TOKEN_B = "tokB-fedcba9876543210fedcba9876"
@@ -59,8 +60,8 @@ def test_load_yaml_and_json_files(tmp_path: Path) -> None:
     yaml_file.write_text(f"{TOKEN_A}: tenantA\n{TOKEN_B}: tenantB\n")
     json_file = tmp_path / "tokens.json"
     json_file.write_text(json.dumps({TOKEN_A: "tenantA"}))
-    assert load_tokens_file(yaml_file) == {TOKEN_A: "tenantA", TOKEN_B: "tenantB"}
-    assert load_tokens_file(json_file) == {TOKEN_A: "tenantA"}
+    assert load_tokens_file(yaml_file).tokens == {TOKEN_A: "tenantA", TOKEN_B: "tenantB"}
+    assert load_tokens_file(json_file).tokens == {TOKEN_A: "tenantA"}
 
 
 @pytest.mark.parametrize(
@@ -150,12 +151,9 @@ def test_authenticate_valid_tokens(auth: Authenticator) -> None:
     ],
 )
 def test_authenticate_refuses(auth: Authenticator, header: str | None, token_sent: bool) -> None:
-    with pytest.raises(Unauthorized) as caught:
+    with pytest.raises(AuthenticationFailed) as caught:
         auth.authenticate(header)
-    assert caught.value.status == 401
-    challenge = caught.value.headers["WWW-Authenticate"]
-    assert challenge.startswith("Bearer")
-    assert ('error="invalid_token"' in challenge) is token_sent
+    assert caught.value.token_sent is token_sent
     assert TOKEN_A not in caught.value.message
 
 
@@ -172,7 +170,7 @@ def test_every_token_is_compared_whichever_matches(
     monkeypatch.setattr(serve.auth.hmac, "compare_digest", counting)
     for header in (f"Bearer {TOKEN_A}", f"Bearer {TOKEN_B}", "Bearer nobody-0123456789abcdef"):
         calls.clear()
-        with contextlib.suppress(Unauthorized):
+        with contextlib.suppress(AuthenticationFailed):
             auth.authenticate(header)
         assert len(calls) == 2
 
@@ -185,7 +183,7 @@ def test_tokens_are_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixtur
             AuthConfig(tokens_file=str(path), tokens_env="T"), environ={"T": f"{TOKEN_B}:tenantB"}
         )
         for header in (f"Bearer {TOKEN_A}", f"Bearer {TOKEN_B}x"):
-            with contextlib.suppress(Unauthorized):
+            with contextlib.suppress(AuthenticationFailed):
                 auth.authenticate(header)
     assert "loaded 3 API tokens" in caplog.text
     assert "shorter than" in caplog.text  # the short token is flagged by position, not echoed
@@ -234,3 +232,48 @@ def test_openapi_declares_bearer_scheme(auth: Authenticator) -> None:
         "description": "API token of a tenant",
         "scheme": "bearer",
     }
+
+
+def test_a_structured_tokens_file_gives_tenants_their_own_limits(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(
+        f"tokens:\n  {TOKEN_A}: tenantA\n  {TOKEN_B}: tenantB\n"
+        "tenants:\n  tenantA: {max_queued: 10, max_running: 1}\n"
+    )
+    loaded = load_tokens_file(path)
+    assert loaded.tokens == {TOKEN_A: "tenantA", TOKEN_B: "tenantB"}
+    assert loaded.limits == {"tenantA": TenantLimits(max_queued=10, max_running=1)}
+
+
+@pytest.mark.parametrize(
+    ("tenants", "match"),
+    [
+        ("tenantA: {max_queued: -1}", "max_queued"),
+        ("tenantA: {max_parallel: 2}", "give any of"),
+        ("tenantA: {max_running: true}", "max_running"),
+        ("'bad tenant': {max_queued: 1}", "tenant"),
+    ],
+)
+def test_bad_tenant_limits_are_refused_by_name(tmp_path: Path, tenants: str, match: str) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(f"tokens:\n  {TOKEN_A}: tenantA\ntenants:\n  {tenants}\n")
+    with pytest.raises(AuthConfigError, match=match):
+        load_tokens_file(path)
+
+
+def test_a_changed_tokens_file_is_reloaded_and_a_broken_one_ignored(tmp_path: Path, caplog) -> None:
+    """Defect: tokens were loaded once at start, so revoking one needed a redeploy."""
+    path = tmp_path / "tokens.yaml"
+    path.write_text(f"{TOKEN_A}: tenantA\n{TOKEN_B}: tenantB\n")
+    auth = Authenticator.from_config(AuthConfig(tokens_file=str(path), tokens_env="T"), environ={})
+    assert not auth.refresh()  # unchanged
+    path.write_text(f"tokens:\n  {TOKEN_B}: tenantB\ntenants:\n  tenantB: {{max_running: 2}}\n")
+    assert auth.refresh()
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        auth.authenticate(f"Bearer {TOKEN_A}")
+    assert auth.authenticate(f"Bearer {TOKEN_B}") == "tenantB"
+    assert auth.limits == {"tenantB": TenantLimits(max_running=2)}
+    path.write_text("{ not yaml: [")
+    with caplog.at_level(logging.ERROR):
+        assert not auth.refresh()
+    assert "cannot be used" in caplog.text and auth.authenticate(f"Bearer {TOKEN_B}") == "tenantB"

@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from serve.jobs import EmbeddedRedis, EmbeddedRedisError
-from serve.jobs.embedded_redis import AOF_NAME, CONF_NAME
+from serve.jobs.embedded_redis import AOF_NAME, CONF_NAME, EmbeddedRedis, EmbeddedRedisError
 
 
 def test_persists_across_a_clean_restart(tmp_path):

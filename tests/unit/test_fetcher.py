@@ -23,7 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from PIL import Image
 
-from serve.api.errors import ApiError
+from serve.api.errors import ApiError, api_error_from
+from serve.inputs.errors import InputRejected
 from serve.inputs.fetcher import Fetcher, FetchPolicy
 from serve.inputs.probe import probe_image
 
@@ -250,10 +251,11 @@ def fetch(fetcher: Fetcher, url: str, max_bytes: int = 1000):
 
 
 def fetch_error(fetcher: Fetcher, url: str, max_bytes: int = 1000) -> ApiError:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InputRejected) as caught:
         fetch(fetcher, url, max_bytes)
-    assert caught.value.details[0]["field"] == FIELD
-    return caught.value
+    error = api_error_from(caught.value)
+    assert error.details[0]["field"] == FIELD
+    return error
 
 
 # -- plain HTTP with the development setting -----------------------------------------------------------------
@@ -271,17 +273,19 @@ def test_fetch_image_and_probe_it(http_server: LiveServer) -> None:
 def test_text_served_as_image_is_refused_by_the_probe(http_server: LiveServer) -> None:
     fetched = fetch(dev_fetcher(), f"http://{HOST}:{http_server.port}/text-as-image.png")
     assert fetched.content_type == "image/png"  # what the server claims is not what decides
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InputRejected) as caught:
         probe_image(fetched.data)
-    assert (caught.value.status, caught.value.code) == (415, "unsupported_media_type")
-    assert caught.value.details[0]["field"] == FIELD
+    error = api_error_from(caught.value)
+    assert (error.status, error.code) == (415, "unsupported_media_type")
+    assert error.details[0]["field"] == FIELD
 
 
 def test_truncated_image_is_422(http_server: LiveServer) -> None:
     fetched = fetch(dev_fetcher(), f"http://{HOST}:{http_server.port}/truncated.png")
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InputRejected) as caught:
         probe_image(fetched.data)
-    assert (caught.value.status, caught.value.code) == (422, "invalid_image")
+    error = api_error_from(caught.value)
+    assert (error.status, error.code) == (422, "invalid_image")
 
 
 def test_declared_oversize_is_refused_before_reading(http_server: LiveServer) -> None:

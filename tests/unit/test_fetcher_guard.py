@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from serve.api.errors import ApiError
+from serve.api.errors import ApiError, api_error_from
+from serve.inputs.errors import InputRejected
 from serve.inputs.fetcher import Fetcher, FetchPolicy, blocked_reason, is_public_address, parse_numeric_host
 
 FIELD = "284_image"
@@ -55,9 +56,9 @@ def _fetch_error(
     url: str, resolver: StubResolver | None = None, policy: FetchPolicy | None = None
 ) -> ApiError:
     fetcher = Fetcher(policy or FetchPolicy(timeout_seconds=5), resolver=resolver or StubResolver({}))
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InputRejected) as caught:
         asyncio.run(fetcher.fetch(url, field=FIELD, max_bytes=1000))
-    error = caught.value
+    error = api_error_from(caught.value)
     assert error.details and error.details[0]["field"] == FIELD
     assert error.message.startswith(f"{FIELD}: ")
     return error
@@ -306,13 +307,13 @@ def test_allowed_networks_exempt_only_themselves(no_connections: list[object]) -
     assert error.code == "input_fetch_blocked"
     assert no_connections == []
     # The exempt host passes the guard and reaches the (patched) connect, which proves it was let through.
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InputRejected) as caught:
         asyncio.run(
             Fetcher(policy, resolver=resolver).fetch(
                 "https://assets.corp.example/a.png", field=FIELD, max_bytes=10
             )
         )
-    assert caught.value.code == "input_fetch_failed"
+    assert api_error_from(caught.value).code == "input_fetch_failed"
     assert [call[-1] for call in no_connections] == [("10.20.1.1", 443)]  # type: ignore[index]
     no_connections.clear()
 

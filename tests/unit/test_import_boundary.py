@@ -40,3 +40,18 @@ def test_importing_the_package_leaves_torchao_out_until_fp8_is_asked_for():
         check=True,
     )
     assert "torchao" not in importing.stderr and "Failed to load" not in importing.stderr
+
+
+@pytest.mark.parametrize("package", ["serve.jobs", "serve.storage", "serve.inputs"])
+def test_the_job_core_imports_no_http_layer(package: str) -> None:
+    """The store, storage and input layers raise their own errors; only serve.api knows HTTP."""
+    code = (
+        f"import sys, pkgutil, importlib, {package} as root\n"
+        "for m in pkgutil.walk_packages(root.__path__, root.__name__ + '.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "web = {'fastapi', 'starlette', 'ray'}\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in web or n.startswith('serve.api'))\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"{package} pulled in the HTTP layer: {result.stdout.strip()}"

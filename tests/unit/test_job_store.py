@@ -1,30 +1,37 @@
-"""The job store against a real Redis server (the embedded one): every transition, races and retention."""
+"""The job store against a real Redis server: every transition, fairness and caps across tenants, cancel of
+running jobs, time limits, retention (also when Redis is full), races, and the record's size in Redis."""
 
 from __future__ import annotations
 
 import threading
 
 import pytest
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from serve.jobs import (
-    RETRIES_EXHAUSTED,
+from serve.jobs.errors import (
     CancelConflict,
-    EmbeddedRedis,
     IdempotencyConflict,
-    JobError,
     JobNotFound,
-    JobRecord,
-    JobStatus,
-    JobStore,
     QueueFull,
+    TenantQueueFull,
+    UploadQuotaExceeded,
 )
+from serve.jobs.operations import Beat, QueuePolicy, TenantLimits
+from serve.jobs.records import (
+    RETRIES_EXHAUSTED,
+    TIME_LIMIT,
+    InputSource,
+    JobError,
+    JobRecord,
+    JobSettings,
+    JobStatus,
+    StagedInput,
+)
+from serve.jobs.store import JobStore
 
 T0 = 1_700_000_000.0
 LEASE = 60.0
 RETENTION = 3600.0
+SETTINGS = JobSettings("a woman is talking", 720, 720, 125, 96860978, 7, 11.0, 1.0)
 
 
 class Clock:
@@ -38,30 +45,16 @@ class Clock:
         self.now += seconds
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as embedded:
-        yield embedded
-
-
-@pytest.fixture
-def client(server):
-    conn = server.client()
-    conn.flushdb()
-    yield conn
-    conn.close()
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
 
 
 @pytest.fixture
-def make_store(client, clock):
-    def make(**kwargs) -> JobStore:
-        options = {"lease_seconds": LEASE, "retention_seconds": RETENTION, "clock": clock, **kwargs}
-        return JobStore(client, **options)
+def make_store(redis_conn, clock):
+    def make(**policy) -> JobStore:
+        options = {"lease_seconds": LEASE, "retention_seconds": RETENTION, **policy}
+        return JobStore(redis_conn, policy=QueuePolicy(**options), clock=clock)
 
     return make
 
@@ -71,735 +64,503 @@ def store(make_store) -> JobStore:
     return make_store()
 
 
-def job(request_id: str, tenant: str = "acme", **kwargs) -> JobRecord:
-    return JobRecord(request_id=request_id, tenant=tenant, params={"seed": 1, "steps": 7}, **kwargs)
+def job(request_id: str, tenant: str = "acme", prompt: str = SETTINGS.prompt) -> JobRecord:
+    staged = {
+        role: StagedInput(f"inputs/{tenant}/{request_id}/{role}", "ab" * 32, 1000, InputSource.DATA)
+        for role in ("image", "audio")
+    }
+    settings = JobSettings(
+        prompt,
+        *(getattr(SETTINGS, name) for name in ("width", "height", "frames", "seed", "steps", "shift", "cfg")),
+    )
+    return JobRecord(request_id=request_id, tenant=tenant, settings=settings, inputs=staged)
+
+
+def submit(store: JobStore, *request_ids: str, tenant: str = "acme") -> None:
+    for request_id in request_ids:
+        store.create(job(request_id, tenant))
 
 
 def status(store: JobStore, request_id: str) -> JobStatus:
     return store.get(request_id).status
 
 
-# -- records -------------------------------------------------------------------------------------------------
+def run_order(store: JobStore, count: int) -> list[str]:
+    """Claim and complete ``count`` jobs one after the other: the order the workers take them in."""
+    order = []
+    for index in range(count):
+        record = store.claim_next(f"w{index}")
+        order.append(record.request_id)
+        assert store.complete(record.request_id, f"w{index}", f"outputs/x/{record.request_id}/r/video.mp4")
+    return order
 
 
-def full_record() -> JobRecord:
-    return JobRecord(
-        request_id="r1",
-        tenant="acme",
-        status="completed",
-        params={"prompt": "hi", "nested": {"list": [1, 2.5, None], "empty": []}},
-        inputs={"image": "inputs/r1/image.png"},
-        created_at=T0 + 0.123456789,
-        started_at=T0 + 1,
-        finished_at=T0 + 2,
-        updated_at=T0 + 2,
-        attempt=2,
-        max_attempts=3,
-        progress=1.0,
-        eta_seconds=0.0,
-        error=JobError("model_error", "boom"),
-        output={"video": "outputs/r1.mp4"},
-        timings={"sampling": 1.5},
-        reproducibility={"seed": 2**63 - 1},
-        expires_at=T0 + 100,
-        cancel_requested=False,
-        lease_owner="w1",
-        lease_expires_at=T0 + 61,
-        idempotency_key="key-1",
-    )
+# -- the record ----------------------------------------------------------------------------------------------
 
 
-def test_record_round_trips_through_json_and_redis_hash():
-    record = full_record()
-    assert record.status is JobStatus.COMPLETED
-    assert JobRecord.from_json(record.to_json()) == record
-    as_bytes = {k.encode(): v.encode() for k, v in record.to_redis_hash().items()}
-    assert JobRecord.from_redis_hash(as_bytes) == record
-
-
-def test_record_hash_leaves_none_fields_out_and_ignores_unknown_fields():
-    record = JobRecord(request_id="r1", tenant="acme")
-    mapping = record.to_redis_hash()
-    assert "started_at" not in mapping and "error" not in mapping and "output" not in mapping
-    mapping["_seq"] = "7"
-    mapping["added_by_a_newer_version"] = "x"
-    assert JobRecord.from_redis_hash(mapping) == record
-    assert JobRecord.from_dict({**record.to_dict(), "unknown": 1}) == record
-
-
-def test_status_terminal_set():
-    assert {s for s in JobStatus if s.is_terminal} == {
-        JobStatus.COMPLETED,
-        JobStatus.FAILED,
-        JobStatus.CANCELLED,
-    }
-    assert not JobRecord(request_id="r", tenant="t").is_terminal
-
-
-def test_record_is_expired():
-    record = JobRecord(request_id="r", tenant="t", expires_at=T0)
-    assert not record.is_expired(T0 - 1)
-    assert record.is_expired(T0)
-    assert not JobRecord(request_id="r", tenant="t").is_expired(T0)
+def test_record_round_trips_through_the_redis_hash():
+    record = job("a" * 32)
+    record.error = JobError("invalid_audio", "no audio stream")
+    record.timings = {"sampling": 1.5}
+    assert JobRecord.from_redis_hash(record.to_redis_hash()) == record
+    assert JobRecord.from_redis_hash({**record.to_redis_hash(), "_seq": "3", "future_field": "x"}) == record
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"request_id": "", "tenant": "t"}, "request_id"),
-        ({"request_id": "r", "tenant": ""}, "tenant"),
-        ({"request_id": "r", "tenant": "t", "status": "running"}, "running"),
-        ({"request_id": "r", "tenant": "t", "progress": 1.5}, "progress"),
-        ({"request_id": "r", "tenant": "t", "error": {"code": "", "message": "m"}}, "code"),
-    ],
+    ("field", "value"), [("settings", "{not json"), ("inputs", '{"image": {}}'), ("attempt", "x")]
 )
-def test_record_rejects_bad_values(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        JobRecord(**kwargs)
+def test_an_unreadable_stored_field_is_named(field, value):
+    with pytest.raises(ValueError, match=field):
+        JobRecord.from_redis_hash({**job("a" * 32).to_redis_hash(), field: value})
 
 
-def test_record_decoding_rejects_bad_input():
-    with pytest.raises(ValueError, match="JSON"):
-        JobRecord.from_json("{not json")
-    with pytest.raises(ValueError, match="tenant"):
-        JobRecord.from_dict({"request_id": "r"})
-    with pytest.raises(ValueError, match="attempt"):
-        JobRecord.from_redis_hash({"request_id": "r", "tenant": "t", "attempt": "two"})
-    with pytest.raises(ValueError, match="object"):
-        JobError.from_dict(["code"])
+def test_the_stored_record_holds_no_input_bytes_and_stays_small(store, redis_conn):
+    """Defect: the record kept the client's references verbatim, so a data: URI of megabytes sat in Redis
+    and every status poll read and parsed it. Now it holds the settings, and per input its key and hash."""
+    longest_prompt = "ä" * 2000  # the API's cap, in two-byte characters
+    store.create(job("a" * 32, prompt=longest_prompt))
+    store.create(job("b" * 32))
+    # A few hundred bytes of fields; Redis stores a hash with values over 64 bytes as a hash table.
+    assert redis_conn.memory_usage(store.keys.job("b" * 32)) < 4096
+    # The prompt is the one setting of any length: its 2000 characters bound a record at about 14 KB.
+    assert redis_conn.memory_usage(store.keys.job("a" * 32)) < 16384
+    stored = redis_conn.hgetall(store.keys.job("b" * 32))
+    assert b"data:" not in b"".join(stored.values())
 
 
-# -- create, get, queue --------------------------------------------------------------------------------------
+# -- submit and read -----------------------------------------------------------------------------------------
 
 
 def test_create_stamps_a_queued_record(store, clock):
-    stale = job("a", status=JobStatus.FAILED, attempt=5, lease_owner="w9", progress=0.5)
-    record, created = store.create(stale)
-    assert created
-    assert record.status is JobStatus.IN_QUEUE
-    assert (record.attempt, record.max_attempts, record.progress) == (0, 3, 0.0)
-    assert record.created_at == record.updated_at == T0
-    assert record.lease_owner is None and record.started_at is None
-    assert store.get("a") == record
-    assert record.params == {"seed": 1, "steps": 7}
-    assert store.queue_position("a") == 0
+    record, created = store.create(job("a" * 32))
+    assert created and record.status is JobStatus.IN_QUEUE and record.created_at == clock.now
+    assert record.attempt == 0 and record.max_attempts == 3
     assert store.counts()[JobStatus.IN_QUEUE] == 1
+    assert store.tenant_usage("acme") == {"queued": 1, "running": 0, "upload_bytes": 0}
 
 
 def test_create_refuses_an_existing_request_id(store):
-    store.create(job("a"))
+    submit(store, "a" * 32)
     with pytest.raises(ValueError, match="already exists"):
-        store.create(job("a"))
-    assert store.queued_count() == 1
-
-
-def test_queue_positions_shift_as_jobs_leave(store):
-    for rid in "abcd":
-        store.create(job(rid))
-    assert [store.queue_position(r) for r in "abcd"] == [0, 1, 2, 3]
-    assert store.claim("a", "w1") is not None
-    assert store.queue_position("a") is None
-    assert [store.queue_position(r) for r in "bcd"] == [0, 1, 2]
-    store.cancel("c", "acme")
-    assert [store.queue_position(r) for r in "bd"] == [0, 1]
-    assert store.queued_ids() == ["b", "d"]
-    assert store.queued_ids(limit=1) == ["b"]
-    assert store.queued_ids(limit=0) == []
-    assert store.queue_position("unknown") is None
+        store.create(job("a" * 32))
 
 
 def test_get_is_tenant_scoped(store):
-    store.create(job("a", tenant="acme"))
-    assert store.get("a", "acme") is not None
-    assert store.get("a", "other") is None
-    assert store.get("a") is not None
-    assert store.get("missing", "acme") is None
-
-
-def test_namespaces_are_isolated(make_store):
-    one, two = make_store(namespace="one"), make_store(namespace="two")
-    one.create(job("a"))
-    assert two.get("a") is None
-    assert two.queued_count() == 0
-    assert two.claim("a", "w1") is None
-    assert one.queued_count() == 1
-
-
-def test_store_accepts_a_decoding_client(server, client, clock):
-    conn = server.client(decode_responses=True)
-    store = JobStore(conn, clock=clock)
-    store.create(job("a"), idempotency_key="k", body_hash="h")
-    assert store.claim("a", "w1").attempt == 1
-    assert store.requeue_expired(now=T0 + 3600) == (["a"], [])
-    assert store.queued_ids() == ["a"]
-    conn.close()
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"namespace": ""}, "namespace"),
-        ({"namespace": "a{b}"}, "namespace"),
-        ({"lease_seconds": 0}, "lease_seconds"),
-        ({"max_attempts": 0}, "max_attempts"),
-        ({"max_releases": -1}, "max_releases"),
-        ({"retention_seconds": 0}, "retention_seconds"),
-        ({"max_queued": -1}, "max_queued"),
-    ],
-)
-def test_store_rejects_bad_settings(client, kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        JobStore(client, **kwargs)
-
-
-# -- idempotency ---------------------------------------------------------------------------------------------
+    submit(store, "a" * 32)
+    assert store.get("a" * 32, "acme") is not None
+    assert store.get("a" * 32, "other") is None
+    assert store.get("f" * 32) is None
 
 
 def test_idempotent_create_same_body_returns_the_first_job(store):
-    first, created = store.create(job("a"), idempotency_key="k1", body_hash="h1")
-    again, created_again = store.create(job("b"), idempotency_key="k1", body_hash="h1")
-    assert created and not created_again
-    assert again.request_id == "a" == first.request_id
-    assert again.idempotency_key == "k1"
-    assert store.get("b") is None
-    assert store.queued_count() == 1
-    assert store.lookup_idempotent("acme", "k1", "h1").request_id == "a"
-    assert store.lookup_idempotent("acme", "unused", "h1") is None
-
-
-def test_idempotency_key_with_another_body_conflicts(store):
-    store.create(job("a"), idempotency_key="k1", body_hash="h1")
-    with pytest.raises(IdempotencyConflict) as info:
-        store.create(job("b"), idempotency_key="k1", body_hash="h2")
-    assert info.value.request_id == "a"
+    first, created = store.create(job("a" * 32), "key-1", "hash-1")
+    again, created_again = store.create(job("b" * 32), "key-1", "hash-1")
+    assert created and not created_again and again.request_id == first.request_id
     with pytest.raises(IdempotencyConflict):
-        store.lookup_idempotent("acme", "k1", "h2")
-    assert store.get("b") is None
+        store.create(job("c" * 32), "key-1", "hash-2")
+    other, created_other = store.create(job("d" * 32, tenant="beta"), "key-1", "hash-1")
+    assert created_other and other.request_id == "d" * 32  # keys are per tenant
 
 
-def test_idempotency_keys_are_per_tenant(store):
-    store.create(job("a", tenant="acme"), idempotency_key="k1", body_hash="h1")
-    record, created = store.create(job("b", tenant="other"), idempotency_key="k1", body_hash="h9")
-    assert created and record.request_id == "b"
-    assert store.lookup_idempotent("other", "k1", "h9").request_id == "b"
+def test_the_idempotency_key_of_a_deleted_job_is_free_again(store, clock):
+    store.create(job("a" * 32), "key-1", "hash-1")
+    store.cancel("a" * 32, "acme")
+    clock.advance(RETENTION + 1)
+    assert store.delete("a" * 32)
+    record, created = store.create(job("b" * 32), "key-1", "hash-2")
+    assert created and record.request_id == "b" * 32
 
 
-def test_idempotency_entries_expire(make_store, client):
-    store = make_store(idempotency_seconds=1800)
-    store.create(job("a"), idempotency_key="k1", body_hash="h1")
-    keys = client.keys("{infinitetalk}:idem:*")
-    assert len(keys) == 1
-    assert 1_790_000 < client.pttl(keys[0]) <= 1_800_000
-    client.delete(keys[0])  # what expiry does
-    record, created = store.create(job("b"), idempotency_key="k1", body_hash="h2")
-    assert created and record.request_id == "b"
-
-
-def test_idempotency_key_needs_a_body_hash(store):
-    with pytest.raises(ValueError, match="hash"):
-        store.create(job("a"), idempotency_key="k1")
-
-
-def test_idempotency_key_of_a_deleted_job_is_free_again(store, clock):
-    store.create(job("a"), idempotency_key="k1", body_hash="h1")
-    store.cancel("a", "acme")
-    clock.advance(RETENTION)
-    assert store.delete("a")
-    record, created = store.create(job("b"), idempotency_key="k1", body_hash="h2")
-    assert created and record.request_id == "b"
-
-
-# -- queue bound ---------------------------------------------------------------------------------------------
-
-
-def test_queue_bound(make_store):
-    store = make_store(max_queued=2)
-    store.create(job("a"), idempotency_key="k1", body_hash="h1")
-    store.create(job("b"))
+def test_the_whole_queue_is_bounded(make_store):
+    store = make_store(max_queued=2, tenant_max_queued=10)
+    submit(store, "a" * 32, "b" * 32)
     with pytest.raises(QueueFull):
-        store.create(job("c"))
-    assert store.get("c") is None
-    # A replay of an accepted job is answered even when full.
-    assert store.create(job("x"), idempotency_key="k1", body_hash="h1") == (store.get("a"), False)
-    store.claim("a", "w1")
-    store.create(job("c"))
-    assert store.queued_ids() == ["b", "c"]
-    # Jobs that come back (reaper, release) are not refused by the bound.
-    store.release("a", "w1")
-    assert store.queued_count() == 3
+        store.create(job("c" * 32))
 
 
-def test_unbounded_queue(make_store):
-    store = make_store(max_queued=None)
-    for i in range(5):
-        store.create(job(f"j{i}"))
-    assert store.queued_count() == 5
+def test_a_tenant_over_its_queued_cap_is_refused_while_others_are_admitted(make_store):
+    """Defect: the queue bound was global, so one tenant filling it got every other tenant 429s."""
+    store = make_store(max_queued=100, tenant_max_queued=3)
+    submit(store, *(c * 32 for c in "abc"), tenant="flood")
+    with pytest.raises(TenantQueueFull) as refused:
+        store.create(job("d" * 32, tenant="flood"))
+    assert refused.value.cap == 3
+    submit(store, "e" * 32, tenant="quiet")  # another tenant still gets in
+    store.set_tenant_limits({"flood": TenantLimits(max_queued=5)})
+    submit(store, "d" * 32, tenant="flood")  # its own, larger cap from the tokens file
+
+
+# -- fairness ------------------------------------------------------------------------------------------------
+
+
+def test_tenants_take_turns(store):
+    """Defect: one FIFO across tenants, so a tenant with 50 queued jobs delayed another's single job behind
+    all 50. Now tenants take turns: B's one job runs second."""
+    submit(store, *(f"{i:032x}" for i in range(50)), tenant="A")
+    submit(store, "b" * 32, tenant="B")
+    order = run_order(store, 3)
+    assert order == [f"{0:032x}", "b" * 32, f"{1:032x}"]
+
+
+def test_three_tenants_round_robin_and_keep_their_own_order(store):
+    submit(store, "a1".ljust(32, "0"), "a2".ljust(32, "0"), "a3".ljust(32, "0"), tenant="A")
+    submit(store, "b1".ljust(32, "0"), "b2".ljust(32, "0"), tenant="B")
+    submit(store, "c1".ljust(32, "0"), tenant="C")
+    order = [request_id[:2] for request_id in run_order(store, 6)]
+    assert order == ["a1", "b1", "c1", "a2", "b2", "a3"]
+
+
+def test_queue_positions_count_the_turns_of_the_other_tenants(store):
+    submit(store, *(f"{i:032x}" for i in range(5)), tenant="A")
+    submit(store, "b1".ljust(32, "0"), "b2".ljust(32, "0"), tenant="B")
+    positions = {
+        request_id: store.queue_position(request_id)
+        for request_id in (f"{4:032x}", "b1".ljust(32, "0"), "b2".ljust(32, "0"))
+    }
+    assert positions == {f"{4:032x}": 6, "b1".ljust(32, "0"): 1, "b2".ljust(32, "0"): 3}
+    # and they are what happens
+    order = run_order(store, 7)
+    assert {request_id: order.index(request_id) for request_id in positions} == positions
+
+
+def test_a_tenant_at_its_running_cap_waits_and_others_go_by(make_store):
+    store = make_store(tenant_max_running=1)
+    submit(store, "a1".ljust(32, "0"), "a2".ljust(32, "0"), tenant="A")
+    submit(store, "b1".ljust(32, "0"), tenant="B")
+    first = store.claim_next("w1")
+    second = store.claim_next("w2")
+    assert (first.request_id[:2], second.request_id[:2]) == ("a1", "b1")
+    assert store.claim_next("w3") is None  # a2 waits: A has one running
+    store.complete(first.request_id, "w1", "outputs/A/x/r/video.mp4")
+    assert store.claim_next("w3").request_id[:2] == "a2"
+
+
+# -- claims, leases, heartbeats ------------------------------------------------------------------------------
+
+
+def test_claim_starts_an_attempt_under_a_lease(store, clock):
+    submit(store, "a" * 32)
+    record = store.claim_next("w1")
+    assert record.status is JobStatus.IN_PROGRESS and record.attempt == 1
+    assert record.lease_owner == "w1" and record.lease_expires_at == clock.now + LEASE
+    assert store.claim_next("w2") is None
+    assert store.tenant_usage("acme") == {"queued": 0, "running": 1, "upload_bytes": 0}
+
+
+def test_heartbeat_extends_the_lease_unless_the_job_stalled(store, clock):
+    submit(store, "a" * 32)
+    store.claim_next("w1")
+    clock.advance(10)
+    assert store.heartbeat("a" * 32, "w1", progress=0.25, eta_seconds=30.0) is Beat.OK
+    record = store.get("a" * 32)
+    assert (record.progress, record.eta_seconds, record.lease_expires_at) == (0.25, 30.0, clock.now + LEASE)
+    clock.advance(10)
+    assert store.heartbeat("a" * 32, "w1", extend=False) is Beat.OK
+    assert store.get("a" * 32).lease_expires_at == clock.now - 10 + LEASE  # not extended
+    assert store.heartbeat("a" * 32, "intruder") is Beat.LOST
+
+
+def test_an_expired_lease_is_requeued_at_its_place_and_the_attempt_counts(store, clock):
+    submit(store, "a" * 32, "b" * 32)
+    store.claim_next("w1")
+    clock.advance(LEASE + 1)
+    report = store.reap()
+    assert report.requeued == ["a" * 32]
+    assert store.queue_position("a" * 32) == 0  # ahead of b again
+    retry = store.claim_next("w2")
+    assert (retry.request_id, retry.attempt) == ("a" * 32, 2)
+    assert store.heartbeat("a" * 32, "w1") is Beat.LOST  # the stale worker is told
+
+
+def test_attempts_run_out(make_store, clock):
+    store = make_store(max_attempts=2)
+    submit(store, "a" * 32)
+    for worker in ("w1", "w2"):
+        assert store.claim_next(worker) is not None
+        clock.advance(LEASE + 1)
+        report = store.reap()
+    assert report.failed == ["a" * 32]
+    record = store.get("a" * 32)
+    assert record.status is JobStatus.FAILED and record.error.code == RETRIES_EXHAUSTED
+
+
+def test_release_gives_the_attempt_back_and_keeps_queue_order(store):
+    submit(store, "a" * 32, "b" * 32)
+    store.claim_next("w1")
+    assert store.release("a" * 32, "w1")
+    assert store.queue_position("a" * 32) == 0 and store.get("a" * 32).attempt == 0
+    assert not store.release("a" * 32, "w1")
+
+
+def test_concurrent_claims_have_exactly_one_winner(store):
+    submit(store, "a" * 32)
+    winners: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def claim(worker: str) -> None:
+        barrier.wait()
+        if store.claim_next(worker) is not None:
+            winners.append(worker)
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) == 1
+
+
+# -- results: exactly one run's output -----------------------------------------------------------------------
+
+
+def test_complete_by_the_owner_records_its_run(store, clock):
+    submit(store, "a" * 32)
+    store.claim_next("w1")
+    assert store.complete("a" * 32, "w1", "outputs/acme/a/run1/video.mp4", {"sampling": 2.0}, {"seed": 1})
+    record = store.get("a" * 32)
+    assert record.status is JobStatus.COMPLETED and record.output_key == "outputs/acme/a/run1/video.mp4"
+    assert record.expires_at == clock.now + RETENTION and record.progress == 1.0
+    assert store.complete("a" * 32, "w1", "outputs/acme/a/run1/video.mp4")  # a repeated call: same answer
+    assert store.tenant_usage("acme")["running"] == 0
+
+
+def test_a_stale_run_cannot_replace_the_winners_output(store, clock):
+    """Defect: the output key was fixed per job, so a worker that missed its lease and finished late
+    replaced the MP4 the winning run had published. Now the winner's key is recorded and the stale run's
+    complete is refused (its runner deletes what it wrote)."""
+    submit(store, "a" * 32)
+    store.claim_next("stale")
+    clock.advance(LEASE + 1)
+    store.reap()
+    store.claim_next("winner")
+    assert store.complete("a" * 32, "winner", "outputs/acme/a/winner/video.mp4")
+    assert not store.complete("a" * 32, "stale", "outputs/acme/a/stale/video.mp4")
+    assert not store.fail("a" * 32, "stale", JobError("x", "y"))
+    assert store.get("a" * 32).output_key == "outputs/acme/a/winner/video.mp4"
 
 
 # -- cancel --------------------------------------------------------------------------------------------------
 
 
-def test_cancel_a_queued_job_means_it_never_runs(store, clock):
-    store.create(job("a"))
-    clock.advance(5)
-    record = store.cancel("a", "acme")
-    assert record.status is JobStatus.CANCELLED
-    assert record.cancel_requested
-    assert record.finished_at == T0 + 5
-    assert record.expires_at == T0 + 5 + RETENTION
-    assert store.queue_position("a") is None
-    assert store.claim("a", "w1") is None
-    assert status(store, "a") is JobStatus.CANCELLED
+def test_cancel_a_queued_job_means_it_never_runs(store):
+    submit(store, "a" * 32)
+    outcome = store.cancel("a" * 32, "acme")
+    assert outcome.record.status is JobStatus.CANCELLED and not outcome.pending
+    assert store.claim_next("w1") is None
+    assert store.cancel("a" * 32, "acme").record.status is JobStatus.CANCELLED  # twice: harmless
+    assert store.tenant_usage("acme")["queued"] == 0
 
 
-def test_cancel_twice_is_harmless(store, clock):
-    store.create(job("a"))
-    first = store.cancel("a", "acme")
-    clock.advance(10)
-    assert store.cancel("a", "acme") == first
-    assert store.counts()[JobStatus.CANCELLED] == 1
-
-
-def test_cancel_of_running_or_finished_jobs_conflicts(store):
-    store.create(job("a"))
-    store.create(job("b"))
-    store.claim("a", "w1")
-    with pytest.raises(CancelConflict) as info:
-        store.cancel("a", "acme")
-    assert info.value.record.status is JobStatus.IN_PROGRESS
-    assert status(store, "a") is JobStatus.IN_PROGRESS
-    store.complete("a", "w1", {"video": "v"})
-    with pytest.raises(CancelConflict) as info:
-        store.cancel("a", "acme")
-    assert info.value.record.status is JobStatus.COMPLETED
-    store.claim("b", "w1")
-    store.fail("b", "w1", JobError("model_error", "x"))
-    with pytest.raises(CancelConflict):
-        store.cancel("b", "acme")
-
-
-def test_cancel_unknown_or_foreign_job_is_not_found(store):
-    store.create(job("a", tenant="acme"))
-    with pytest.raises(JobNotFound):
-        store.cancel("a", "other")
-    with pytest.raises(JobNotFound):
-        store.cancel("missing", "acme")
-    assert status(store, "a") is JobStatus.IN_QUEUE
-
-
-# -- claim, heartbeat, complete, fail ------------------------------------------------------------------------
-
-
-def test_claim_starts_an_attempt_under_a_lease(store, clock):
-    store.create(job("a"))
-    clock.advance(3)
-    record = store.claim("a", "w1")
-    assert record.status is JobStatus.IN_PROGRESS
-    assert record.attempt == 1
-    assert record.lease_owner == "w1"
-    assert record.started_at == T0 + 3
-    assert record.lease_expires_at == T0 + 3 + LEASE
-    assert store.in_progress_count() == 1 and store.queued_count() == 0
-
-
-def test_duplicate_delivery_while_leased_is_dropped(store, clock):
-    store.create(job("a"))
-    store.claim("a", "w1")
-    clock.advance(LEASE - 1)
-    assert store.claim("a", "w2") is None
-    assert store.claim("a", "w1") is None
-    record = store.get("a")
-    assert (record.lease_owner, record.attempt) == ("w1", 1)
-
-
-def test_claim_of_missing_or_finished_job_is_none(store):
-    assert store.claim("missing", "w1") is None
-    store.create(job("a"))
-    store.claim("a", "w1")
-    store.complete("a", "w1", {"video": "v"})
-    assert store.claim("a", "w2") is None
-    assert status(store, "a") is JobStatus.COMPLETED
-
-
-def test_heartbeat_extends_the_lease_and_reports_progress(store, clock):
-    store.create(job("a"))
-    store.claim("a", "w1")
-    clock.advance(LEASE - 1)
-    assert store.heartbeat("a", "w1", progress=0.25, eta_seconds=30.0)
-    record = store.get("a")
-    assert record.lease_expires_at == T0 + 2 * LEASE - 1
-    assert (record.progress, record.eta_seconds) == (0.25, 30.0)
-    clock.advance(LEASE - 1)  # past the first lease, within the extended one
-    assert store.claim("a", "w2") is None
-    assert store.requeue_expired() == ([], [])
-    assert store.heartbeat("a", "w1")
-    assert store.get("a").progress == 0.25  # unchanged when not given
-
-
-def test_heartbeat_of_a_non_owner_is_refused(store):
-    store.create(job("a"))
-    assert not store.heartbeat("a", "w1")  # queued: nobody owns it
-    store.claim("a", "w1")
-    assert not store.heartbeat("a", "w2")
-    assert not store.heartbeat("missing", "w1")
-    with pytest.raises(ValueError, match="progress"):
-        store.heartbeat("a", "w1", progress=-0.1)
-    with pytest.raises(ValueError, match="eta"):
-        store.heartbeat("a", "w1", eta_seconds=-1)
-
-
-def test_complete_by_the_owner(store, clock):
-    store.create(job("a"))
-    store.claim("a", "w1")
-    store.heartbeat("a", "w1", progress=0.5, eta_seconds=10)
-    clock.advance(20)
-    assert not store.complete("a", "w2", {"video": "other.mp4"})
-    assert store.complete(
-        "a", "w1", {"video": "a.mp4"}, timings={"sampling": 12.5}, reproducibility={"seed": 1}
+def test_cancel_of_a_running_job_is_seen_by_its_worker(store):
+    """Defect: cancel answered 409 for running jobs. Now the next heartbeat tells the worker to stop, and the
+    worker ends the job cancelled."""
+    submit(store, "a" * 32)
+    store.claim_next("w1")
+    outcome = store.cancel("a" * 32, "acme")
+    assert (
+        outcome.pending and outcome.record.status is JobStatus.IN_PROGRESS and outcome.record.cancel_requested
     )
-    record = store.get("a")
-    assert record.status is JobStatus.COMPLETED
-    assert record.output == {"video": "a.mp4"}
-    assert record.timings == {"sampling": 12.5}
-    assert record.reproducibility == {"seed": 1}
-    assert (record.progress, record.eta_seconds) == (1.0, None)
-    assert record.finished_at == T0 + 20
-    assert record.expires_at == T0 + 20 + RETENTION
-    assert record.lease_expires_at is None
-    assert not store.complete("a", "w1", {"video": "again.mp4"})
-    assert not store.fail("a", "w1", JobError("late", "x"))
-    assert not store.heartbeat("a", "w1")
-    assert store.get("a").output == {"video": "a.mp4"}
-    assert store.in_progress_count() == 0
+    assert store.heartbeat("a" * 32, "w1") is Beat.CANCEL
+    assert store.finish_cancelled("a" * 32, "w1")
+    record = store.get("a" * 32)
+    assert record.status is JobStatus.CANCELLED and record.output_key is None
+    assert store.tenant_usage("acme")["running"] == 0
 
 
-def test_repeating_the_same_finish_call_is_idempotent(store):
-    # A client retry after a lost reply must not make the owner believe it lost the job.
-    store.create(job("a"))
-    store.create(job("b"))
-    store.claim("a", "w1")
-    assert store.complete("a", "w1", {"video": "a.mp4"}, timings={"mux": 1.0})
-    assert store.complete("a", "w1", {"video": "a.mp4"}, timings={"mux": 1.0})
-    assert not store.complete("a", "w1", {"video": "other.mp4"})
-    assert not store.fail("a", "w1", JobError("model_error", "x"))
-    assert store.get("a").timings == {"mux": 1.0}
-    store.claim("b", "w1")
-    error = JobError("model_error", "x")
-    assert store.fail("b", "w1", error)
-    assert store.fail("b", "w1", error)
-    assert not store.fail("b", "w1", JobError("model_error", "y"))
-    assert not store.complete("b", "w1", {"video": "b.mp4"})
-    assert store.counts()[JobStatus.FAILED] == 1 and store.counts()[JobStatus.COMPLETED] == 1
+def test_a_completion_after_a_cancel_ends_the_job_cancelled(store):
+    """The cancel was answered 202 before the run's last report: the run's completion must not win."""
+    submit(store, "a" * 32)
+    store.claim_next("w1")
+    assert store.cancel("a" * 32, "acme").pending
+    assert store.complete("a" * 32, "w1", "outputs/acme/a/r/video.mp4") is JobStatus.CANCELLED
+    assert store.complete("a" * 32, "w1", "outputs/acme/a/r/video.mp4") is JobStatus.CANCELLED  # a retry
+    record = store.get("a" * 32)
+    assert record.status is JobStatus.CANCELLED and record.output_key is None
+    assert store.counts()[JobStatus.CANCELLED] == 1 and store.tenant_usage("acme")["running"] == 0
 
 
-def test_fail_with_a_typed_error(store):
-    store.create(job("a"))
-    store.claim("a", "w1")
-    assert not store.fail("a", "w2", JobError("model_error", "no"))
-    assert store.fail("a", "w1", JobError("invalid_audio", "the audio has no samples"))
-    record = store.get("a")
-    assert record.status is JobStatus.FAILED
-    assert record.error == JobError("invalid_audio", "the audio has no samples")
-    assert record.output is None
-    assert record.expires_at is not None
-
-
-def test_complete_after_losing_the_lease_is_refused(store, clock):
-    store.create(job("a"))
-    store.claim("a", "w1")
+def test_a_cancelled_job_whose_worker_is_gone_is_ended_by_the_reaper(store, clock):
+    submit(store, "a" * 32)
+    store.claim_next("w1")
+    store.cancel("a" * 32, "acme")
     clock.advance(LEASE + 1)
-    taken = store.claim("a", "w2")  # a redelivered message after w1 went quiet
-    assert taken.attempt == 2 and taken.lease_owner == "w2"
-    assert not store.heartbeat("a", "w1")
-    assert not store.complete("a", "w1", {"video": "w1.mp4"})
-    assert store.complete("a", "w2", {"video": "w2.mp4"})
-    assert store.get("a").output == {"video": "w2.mp4"}
+    assert store.reap().cancelled == ["a" * 32]
+    assert status(store, "a" * 32) is JobStatus.CANCELLED
 
 
-def test_an_expired_lease_of_a_slow_but_alive_owner_can_still_finish(store, clock):
-    store.create(job("a"))
-    store.claim("a", "w1")
-    clock.advance(LEASE + 1)  # nobody took the job over yet
-    assert store.heartbeat("a", "w1")
-    assert store.complete("a", "w1", {"video": "v"})
+def test_a_release_of_a_cancelled_job_ends_it(store):
+    submit(store, "a" * 32)
+    store.claim_next("w1")
+    store.cancel("a" * 32, "acme")
+    assert store.release("a" * 32, "w1")
+    assert status(store, "a" * 32) is JobStatus.CANCELLED
 
 
-def test_retries_exhausted_on_claim(make_store, clock):
-    store = make_store(max_attempts=2)
-    store.create(job("a"))
-    assert store.claim("a", "w1").attempt == 1
-    clock.advance(LEASE + 1)
-    assert store.claim("a", "w2").attempt == 2
-    clock.advance(LEASE + 1)
-    assert store.claim("a", "w3") is None
-    record = store.get("a")
-    assert record.status is JobStatus.FAILED
-    assert record.error.code == RETRIES_EXHAUSTED
-    assert record.attempt == 2
-    assert record.lease_owner is None
-    assert record.expires_at == clock.now + RETENTION
-    assert not store.fail("a", "w2", JobError(RETRIES_EXHAUSTED, record.error.message))
-    assert store.in_progress_count() == 0
-    assert store.counts()[JobStatus.FAILED] == 1
-
-
-def test_claim_next_takes_the_oldest_queued_job_whatever_the_message_names(store, clock):
-    for rid in "abc":
-        store.create(job(rid))
-    store.claim("a", "w1")
-    clock.advance(LEASE + 1)
-    assert store.requeue_expired() == (["a"], [])
-    # a's new message is behind b's and c's in the transport, but a keeps its place in the queue.
-    taken = [store.claim_next(message, f"w-{message}") for message in "bca"]
-    assert [record.request_id for record in taken[:2]] == ["a", "b"]
-    assert taken[2].request_id == "c"
-    assert store.queued_ids() == []
-    assert store.claim_next("a", "w4") is None  # a surplus message: nothing left to run
-
-
-def test_claim_next_skips_cancelled_and_exhausted_heads(make_store, clock):
-    store = make_store(max_attempts=1)
-    for rid in "abc":
-        store.create(job(rid))
-    store.cancel("a", "acme")
-    store.claim("b", "w1")
-    clock.advance(LEASE + 1)
-    assert store.requeue_expired() == ([], ["b"])  # out of attempts: failed by the reaper
-    assert store.claim_next("a", "w2").request_id == "c"
-    assert status(store, "a") is JobStatus.CANCELLED and status(store, "b") is JobStatus.FAILED
-
-
-def test_claim_next_with_an_empty_queue_takes_over_the_named_lapsed_lease(store, clock):
-    store.create(job("a"))
-    store.claim("a", "w1")
-    assert store.claim_next("a", "w2") is None  # the lease is live
-    clock.advance(LEASE + 1)
-    record = store.claim_next("a", "w2")
-    assert (record.request_id, record.attempt, record.lease_owner) == ("a", 2, "w2")
-
-
-# -- reaper and release --------------------------------------------------------------------------------------
-
-
-def test_reaper_requeues_expired_leases_in_original_order(store, clock):
-    for rid in "abc":
-        store.create(job(rid))
-    store.claim("a", "w1")
-    store.claim("b", "w2")
-    clock.advance(30)
-    store.heartbeat("b", "w2")
-    clock.advance(LEASE - 29)  # a's lease is over, b's is not
-    assert store.requeue_expired() == (["a"], [])
-    record = store.get("a")
-    assert record.status is JobStatus.IN_QUEUE
-    assert record.lease_owner is None and record.started_at is None
-    assert record.attempt == 1
-    assert store.queued_ids() == ["a", "c"]
-    assert status(store, "b") is JobStatus.IN_PROGRESS
-    assert not store.heartbeat("a", "w1")
-    assert store.claim("a", "w3").attempt == 2
-    assert store.requeue_expired() == ([], [])
-
-
-def test_reaper_fails_jobs_out_of_attempts(make_store, clock):
-    store = make_store(max_attempts=1)
-    store.create(job("a"))
-    store.create(job("b"))
-    store.claim("a", "w1")
-    store.claim("b", "w1")
-    store.complete("b", "w1", {"video": "b"})
-    assert store.requeue_expired(now=clock.now + LEASE) == ([], ["a"])
-    record = store.get("a")
-    assert record.status is JobStatus.FAILED
-    assert record.error.code == RETRIES_EXHAUSTED
-    assert status(store, "b") is JobStatus.COMPLETED
-    assert store.requeue_expired(now=clock.now + 10 * LEASE) == ([], [])
-
-
-def test_reaper_respects_its_limit(store, clock):
-    for rid in "abc":
-        store.create(job(rid))
-        store.claim(rid, "w1")
-    clock.advance(LEASE)
-    first, _ = store.requeue_expired(limit=2)
-    second, _ = store.requeue_expired(limit=2)
-    assert len(first) == 2 and len(second) == 1
-    assert sorted(first + second) == ["a", "b", "c"]
-
-
-def test_release_gives_the_attempt_back_and_keeps_queue_order(store, clock):
-    for rid in "abc":
-        store.create(job(rid))
-    store.claim("a", "w1")
-    assert not store.release("a", "w2")
-    assert store.release("a", "w1")
-    record = store.get("a")
-    assert record.status is JobStatus.IN_QUEUE
-    assert record.attempt == 0
-    assert record.lease_owner is None
-    assert store.queued_ids() == ["a", "b", "c"]
-    assert not store.release("a", "w1")
-    assert store.in_progress_count() == 0
-
-
-def test_release_is_capped(make_store):
-    store = make_store(max_attempts=1, max_releases=1)
-    store.create(job("a"))
-    store.claim("a", "w1")
-    store.release("a", "w1")
-    assert store.get("a").attempt == 0
-    store.claim("a", "w1")
-    store.release("a", "w1")  # beyond the cap: this time the attempt counts
-    assert store.get("a").attempt == 1
-    assert store.claim("a", "w1") is None
-    record = store.get("a")
-    assert record.status is JobStatus.FAILED and record.error.code == RETRIES_EXHAUSTED
-    assert store.queued_count() == 0
-
-
-# -- races ---------------------------------------------------------------------------------------------------
-
-
-def run_together(workers: int, target) -> list:
-    barrier = threading.Barrier(workers)
-    results: list = [None] * workers
-
-    def body(i: int) -> None:
-        barrier.wait()
-        results[i] = target(i)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=10)
-    return results
-
-
-def test_concurrent_claims_have_exactly_one_winner(store):
-    ids = [f"j{i}" for i in range(20)]
-    for rid in ids:
-        store.create(job(rid))
-
-    def claim_all(i: int) -> list[str]:
-        return [rid for rid in ids if store.claim(rid, f"w{i}") is not None]
-
-    won = run_together(6, claim_all)
-    flat = [rid for wins in won for rid in wins]
-    assert sorted(flat) == sorted(ids)  # every job claimed exactly once
-    for i, wins in enumerate(won):
-        for rid in wins:
-            assert store.get(rid).lease_owner == f"w{i}"
-            assert store.get(rid).attempt == 1
-
-
-def test_concurrent_reclaims_of_an_expired_lease_have_one_winner(store, clock):
-    store.create(job("a"))
-    store.claim("a", "w0")
-    clock.advance(LEASE + 1)
-    results = run_together(6, lambda i: store.claim("a", f"w{i + 1}"))
-    winners = [r for r in results if r is not None]
-    assert len(winners) == 1
-    assert winners[0].attempt == 2
-    assert store.get("a").lease_owner == winners[0].lease_owner
+def test_finished_jobs_cannot_be_cancelled_and_foreign_ones_are_not_found(store):
+    submit(store, "a" * 32)
+    store.claim_next("w1")
+    store.complete("a" * 32, "w1", "outputs/acme/a/r/video.mp4")
+    with pytest.raises(CancelConflict):
+        store.cancel("a" * 32, "acme")
+    with pytest.raises(JobNotFound):
+        store.cancel("a" * 32, "other")
 
 
 def test_cancel_racing_claim_has_one_outcome(store):
-    ids = [f"j{i}" for i in range(20)]
-    for rid in ids:
-        store.create(job(rid))
+    for attempt in range(20):
+        request_id = f"{attempt:032x}"
+        submit(store, request_id)
+        results: dict[str, object] = {}
+        barrier = threading.Barrier(2)
 
-    def cancel_or_claim(i: int) -> dict[str, bool]:
-        outcome = {}
-        for rid in ids:
-            if i == 0:
-                try:
-                    store.cancel(rid, "acme")
-                    outcome[rid] = True
-                except CancelConflict:
-                    outcome[rid] = False
-            else:
-                outcome[rid] = store.claim(rid, "w1") is not None
-        return outcome
+        def claim(barrier: threading.Barrier = barrier, results: dict = results) -> None:
+            barrier.wait()
+            results["claim"] = store.claim_next("w")
 
-    cancelled, claimed = run_together(2, cancel_or_claim)
-    for rid in ids:
-        assert cancelled[rid] != claimed[rid]
-        expected = JobStatus.CANCELLED if cancelled[rid] else JobStatus.IN_PROGRESS
-        assert status(store, rid) is expected
+        def cancel(
+            request_id: str = request_id, barrier: threading.Barrier = barrier, results: dict = results
+        ) -> None:
+            barrier.wait()
+            results["cancel"] = store.cancel(request_id, "acme")
+
+        threads = [threading.Thread(target=claim), threading.Thread(target=cancel)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        claimed = results["claim"] is not None
+        assert claimed == results["cancel"].pending  # claimed first: the cancel waits for the worker
+        if claimed:
+            store.finish_cancelled(request_id, "w")
+        assert status(store, request_id) is JobStatus.CANCELLED
 
 
-# -- counts, retention, robustness ---------------------------------------------------------------------------
+# -- time limits ---------------------------------------------------------------------------------------------
 
 
-def test_counts_follow_every_transition(store):
-    for rid in "abcdef":
-        store.create(job(rid))
-    store.cancel("a", "acme")
-    store.claim("b", "w1")
-    store.complete("b", "w1", {"video": "b"})
-    store.claim("c", "w1")
-    store.fail("c", "w1", JobError("model_error", "x"))
-    store.claim("d", "w1")
-    store.claim("e", "w1")
-    store.release("e", "w1")
-    assert store.counts() == {
-        JobStatus.IN_QUEUE: 2,
-        JobStatus.IN_PROGRESS: 1,
-        JobStatus.COMPLETED: 1,
-        JobStatus.FAILED: 1,
-        JobStatus.CANCELLED: 1,
-    }
-    assert store.queued_count() == 2 and store.in_progress_count() == 1
+def test_a_run_past_its_time_limit_is_told_to_stop(make_store, clock):
+    """Defect: no maximum run time, so a run that never ends held its replica forever."""
+    store = make_store(max_run_seconds=300.0)
+    submit(store, "a" * 32)
+    assert store.claim_next("w1").run_deadline_at == clock.now + 300
+    clock.advance(301)
+    assert store.heartbeat("a" * 32, "w1") is Beat.TIME_LIMIT
+
+
+def test_a_hung_run_past_its_time_limit_is_failed_by_the_reaper(make_store, clock):
+    store = make_store(max_run_seconds=300.0, lease_seconds=600.0)
+    submit(store, "a" * 32)
+    store.claim_next("w1")
+    clock.advance(301)
+    assert store.reap().timed_out == ["a" * 32]
+    record = store.get("a" * 32)
+    assert record.status is JobStatus.FAILED and record.error.code == TIME_LIMIT
+    assert not store.complete("a" * 32, "w1", "outputs/acme/a/r/video.mp4")  # its late result is refused
+
+
+# -- retention -----------------------------------------------------------------------------------------------
 
 
 def test_retention_lists_and_deletes_finished_jobs(store, clock):
-    for rid in "abcd":
-        store.create(job(rid))
-    store.cancel("a", "acme")
-    clock.advance(10)
-    store.claim("b", "w1")
-    store.complete("b", "w1", {"video": "b.mp4"})
-    store.claim("c", "w1")
-    store.fail("c", "w1", JobError("model_error", "x"))
-    assert store.list_expired_results(now=T0 + RETENTION - 1) == []
-    assert store.list_expired_results(now=T0 + RETENTION) == ["a"]
-    clock.advance(RETENTION)
-    expired = store.list_expired_results()
-    assert expired == ["a", "b", "c"]
-    assert store.list_expired_results(limit=1) == ["a"]
-    assert store.get("b").is_expired(clock.now)
-    for rid in expired:
-        assert store.delete(rid)
-    assert store.get("b") is None
-    assert store.is_gone("b", "acme")
-    assert not store.is_gone("b", "other")
-    assert not store.is_gone("d", "acme")
-    assert store.list_expired_results() == []
-    assert store.counts()[JobStatus.COMPLETED] == 0
-    assert not store.delete("b")
+    submit(store, "a" * 32, "b" * 32)
+    store.cancel("a" * 32, "acme")
+    assert store.expired_results() == []
+    clock.advance(RETENTION + 1)
+    assert store.expired_results() == ["a" * 32]
+    assert not store.delete("b" * 32)  # still queued: never deleted
+    assert store.delete("a" * 32) and store.get("a" * 32) is None
+    assert redis_tombstone(store, "a" * 32) == b"acme"
+    assert store.counts()[JobStatus.CANCELLED] == 0
 
 
-def test_delete_refuses_unfinished_jobs(store):
-    store.create(job("a"))
-    store.create(job("b"))
-    store.claim("b", "w1")
-    assert not store.delete("a")
-    assert not store.delete("b")
-    assert not store.delete("missing")
-    assert store.queued_ids() == ["a"]
-    assert status(store, "b") is JobStatus.IN_PROGRESS
+def redis_tombstone(store: JobStore, request_id: str) -> bytes | None:
+    return store._redis.get(store.keys.gone(request_id))
 
 
-def test_scripts_survive_a_script_cache_flush(store, client):
-    # A restarted Redis has an empty script cache: the registered scripts must load themselves again.
-    store.create(job("a"))
-    client.script_flush()
-    assert store.claim("a", "w1") is not None
+def test_retention_deletes_records_when_redis_is_full(store, clock, redis_conn):
+    """Defect: with maxmemory and noeviction, a full Redis refused every write, the retention sweep's too,
+    so nothing could ever free it. Deleting frees memory before it writes, so it runs."""
+    submit(store, *(f"{i:032x}" for i in range(20)))
+    for i in range(20):
+        store.cancel(f"{i:032x}", "acme")
+    used = redis_conn.info("memory")["used_memory"]
+    redis_conn.config_set("maxmemory-policy", "noeviction")
+    redis_conn.config_set("maxmemory", str(used // 2))
+    try:
+        with pytest.raises(Exception, match="OOM"):
+            store.create(job("f" * 32))  # full: writes are refused
+        clock.advance(RETENTION + 1)
+        deleted = [request_id for request_id in store.expired_results() if store.delete(request_id)]
+        assert len(deleted) == 20
+    finally:
+        redis_conn.config_set("maxmemory", "0")
 
 
-def test_ping(store):
-    assert store.ping()
-    no_retry = Retry(NoBackoff(), 0)
-    with redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=no_retry) as dead:
-        assert not JobStore(dead).ping()
+# -- uploads -------------------------------------------------------------------------------------------------
+
+
+def test_uploads_count_against_the_tenants_quota_until_they_expire(make_store, clock):
+    """Defect: uploads had no per-tenant count or byte quota."""
+    store = make_store(tenant_max_upload_bytes=1000)
+    store.reserve_upload("acme", "file_a", 600)
+    with pytest.raises(UploadQuotaExceeded) as refused:
+        store.reserve_upload("acme", "file_b", 500)
+    assert (refused.value.quota_bytes, refused.value.used_bytes) == (1000, 600)
+    store.reserve_upload("other", "file_c", 900)  # another tenant's quota
+    clock.advance(RETENTION + 1)
+    assert sorted(store.expired_uploads()) == [("acme", "file_a"), ("other", "file_c")]
+    assert store.forget_upload("acme", "file_a") == 600
+    store.reserve_upload("acme", "file_b", 500)
+    assert store.tenant_usage("acme")["upload_bytes"] == 500
+
+
+# -- housekeeping --------------------------------------------------------------------------------------------
+
+
+def test_counts_follow_every_transition(store, clock):
+    submit(store, "a" * 32, "b" * 32, "c" * 32)
+    store.cancel("c" * 32, "acme")
+    store.claim_next("w1")
+    counts = store.counts()
+    assert (counts[JobStatus.IN_QUEUE], counts[JobStatus.IN_PROGRESS], counts[JobStatus.CANCELLED]) == (
+        1,
+        1,
+        1,
+    )
+    store.fail("a" * 32, "w1", JobError("invalid_audio", "x"))
+    assert store.counts()[JobStatus.FAILED] == 1 and store.counts()[JobStatus.IN_PROGRESS] == 0
+
+
+def test_draining_flag(store):
+    store.set_draining(30)
+    assert store.draining_retry_after() == 30
+    store.set_draining(None)
+    assert store.draining_retry_after() is None
+    with pytest.raises(ValueError, match="positive"):
+        store.set_draining(0)
+
+
+def test_scripts_survive_a_script_cache_flush(store, redis_conn):
+    redis_conn.script_flush()
+    submit(store, "a" * 32)
+    assert store.claim_next("w1") is not None
+
+
+def test_namespaces_are_isolated(redis_conn, clock):
+    first = JobStore(redis_conn, namespace="one", clock=clock)
+    second = JobStore(redis_conn, namespace="two", clock=clock)
+    submit(first, "a" * 32)
+    assert second.get("a" * 32) is None and second.claim_next("w") is None
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"lease_seconds": 0}, "lease_seconds"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_run_seconds": -1}, "max_run_seconds"),
+    ],
+)
+def test_policy_refuses_bad_settings(options, match):
+    with pytest.raises(ValueError, match=match):
+        QueuePolicy(**options)

@@ -1,8 +1,10 @@
 """The Kubernetes manifests in k8s/: they render, validate strictly, refer only to what exists, and are safe.
 
-Rendering uses k8s/kustomize_render.py (the subset of kustomize that k8s/ uses, tested here too); core kinds
-are validated by kubernetes-validate in strict mode, the RayService against KubeRay's CRD schema from
-../shared/kuberay-crds with unknown fields rejected, as the API server's strict field validation does.
+Rendering uses k8s/kustomize_render.py (the subset of kustomize that k8s/ uses, tested here too), and
+`kubectl kustomize` must render the same (skipped without kubectl); core kinds are validated by
+kubernetes-validate in strict mode, the RayService against KubeRay's CRD schema from ../shared/kuberay-crds
+with unknown fields rejected, as the API server's strict field validation does. The NetworkPolicies are
+evaluated connection by connection for the pods they concern.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -24,6 +28,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from serve.config import StorageConfig
 from serve.ingress_proxy import HAPROXY_SWITCH
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -505,7 +510,9 @@ def test_labels_match_selectors(docs):
             selects(policy["spec"]["podSelector"], t["metadata"]["labels"]) for t in templates.values()
         )
         for rule in policy["spec"]["ingress"]:
-            for peer in rule["from"]:
+            for peer in rule.get("from", []):
+                if "namespaceSelector" in peer:
+                    continue  # pods of other components (Prometheus, the KubeRay operator): network policies
                 allowed = [
                     o for o, t in templates.items() if selects(peer["podSelector"], t["metadata"]["labels"])
                 ]
@@ -540,6 +547,395 @@ def test_monitors_select_what_they_scrape(docs):
     serve_service = named(docs, "RayService", "infinitetalk")["spec"]["serveService"]
     assert selects(service_monitor["spec"]["selector"], serve_service["metadata"]["labels"])
     assert [(e["port"], e["path"]) for e in service_monitor["spec"]["endpoints"]] == [("serve", "/metrics")]
+
+
+# --- network policies -----------------------------------------------------------------------------------
+#
+# The policies are evaluated as Kubernetes does (networking.k8s.io/v1 semantics: a pod selected by some
+# Ingress policy is isolated, and admits a connection that a rule of any policy selecting it allows) for the
+# pods the policies are about, with the labels their creators give them.
+
+ALL_RENDERINGS = ("base", *OVERLAYS)
+RAY_PORTS_ELSEWHERE = {
+    # Ports a Ray pod listens on that no container declares: the dashboard agent, the raylet, the object
+    # manager, the runtime-env agent, worker and Serve replica ports, HAProxy's stats and metrics.
+    52365,
+    8076,
+    8077,
+    10002,
+    19999,
+    30000,
+    30500,
+    30999,
+    8404,
+    9101,
+}
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    namespace: str
+    labels: dict
+    ports: dict = field(default_factory=dict)  # port name -> number
+    ray: bool = False
+
+    @property
+    def namespace_labels(self) -> dict:
+        return {"kubernetes.io/metadata.name": self.namespace}
+
+
+OUTSIDE = None  # a client outside the cluster (the Ingress controller's own clients, say)
+
+
+def namespace_of(docs) -> str:
+    return next(iter({d["metadata"].get("namespace", "default") for d in docs}))
+
+
+def kuberay_pod_labels(template_labels: dict, node_type: str, group: str) -> dict:
+    """The labels KubeRay puts on a Ray pod (common/pod.go labelPod: user labels win, but for these three)."""
+    labels = {
+        "ray.io/is-ray-node": "yes",
+        "ray.io/cluster": "infinitetalk-x7k2p",
+        "app.kubernetes.io/name": "kuberay",
+        "app.kubernetes.io/created-by": "kuberay-operator",
+        **template_labels,
+    }
+    labels.update({"ray.io/node-type": node_type, "ray.io/group": group})
+    return labels
+
+
+def app_pods(docs) -> list[Pod]:
+    """The pods the rendered manifests make, KubeRay's GCS cleanup Job (the head's template) included."""
+    namespace = namespace_of(docs)
+    pods = []
+    for owner, template in pod_templates(docs):
+        ports = {
+            p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])
+        }
+        labels = template["metadata"]["labels"]
+        if owner == "ray-head":
+            pods.append(Pod(owner, namespace, kuberay_pod_labels(labels, "head", "headgroup"), ports, True))
+            cleanup = kuberay_pod_labels(labels, "redis-cleanup", "headgroup")
+            pods.append(Pod("redis-cleanup-job", namespace, cleanup))
+        elif owner.startswith("ray-"):
+            group = owner.removeprefix("ray-")
+            pods.append(Pod(owner, namespace, kuberay_pod_labels(labels, "worker", group), ports, True))
+        else:
+            pods.append(Pod(owner, namespace, labels, ports))
+    return pods
+
+
+def other_pods(docs) -> dict[str, Pod]:
+    """Pods of other components, with the labels their installers give them."""
+    namespace = namespace_of(docs)
+    return {
+        "ingress-nginx": Pod(
+            "ingress-nginx",
+            "ingress-nginx",
+            {"app.kubernetes.io/name": "ingress-nginx", "app.kubernetes.io/component": "controller"},
+        ),
+        # prometheus-operator's pod labels (kube-prometheus-stack's Prometheus).
+        "prometheus": Pod(
+            "prometheus",
+            "monitoring",
+            {
+                "app.kubernetes.io/name": "prometheus",
+                "app.kubernetes.io/managed-by": "prometheus-operator",
+                "prometheus": "kube-prometheus-stack-prometheus",
+                "operator.prometheus.io/name": "kube-prometheus-stack-prometheus",
+            },
+        ),
+        # The KubeRay Helm chart's operator pod (its kustomize install: name kuberay, same component).
+        "kuberay-operator": Pod(
+            "kuberay-operator",
+            "kuberay-system",
+            {
+                "app.kubernetes.io/name": "kuberay-operator",
+                "app.kubernetes.io/instance": "kuberay-operator",
+                "app.kubernetes.io/component": "kuberay-operator",
+            },
+        ),
+        "neighbour": Pod("neighbour", namespace, {"app": "debug"}),
+        "stranger": Pod("stranger", "default", {"app": "debug"}),
+        # Ray pods' labels in another namespace are not Ray pods of this one.
+        "impostor": Pod(
+            "impostor",
+            "elsewhere",
+            {"app.kubernetes.io/name": "infinitetalk", "app.kubernetes.io/component": "ray-head"},
+        ),
+    }
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector; the empty selector matches everything."""
+    if not set(selector) <= {"matchLabels", "matchExpressions"}:
+        raise AssertionError(f"unknown selector fields {selector}")
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        result = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not result:
+            return False
+    return True
+
+
+def peer_admits(peer: dict, policy_namespace: str, source: Pod | None) -> bool:
+    if not set(peer) <= {"podSelector", "namespaceSelector"}:
+        raise AssertionError(f"peer {peer} is not modelled here (ipBlock?)")
+    if source is OUTSIDE:
+        return False
+    if "namespaceSelector" in peer:
+        in_namespace = matches(peer["namespaceSelector"], source.namespace_labels)
+    else:
+        in_namespace = source.namespace == policy_namespace
+    return in_namespace and matches(peer.get("podSelector", {}), source.labels)
+
+
+def port_admits(rule_ports: list | None, destination: Pod, port: int) -> bool:
+    if not rule_ports:
+        return True
+    for entry in rule_ports:
+        if entry.get("protocol", "TCP") != "TCP":
+            continue
+        wanted = entry.get("port")
+        if wanted is None:
+            return True
+        if isinstance(wanted, str):
+            if destination.ports.get(wanted) == port:
+                return True
+        elif wanted <= port <= entry.get("endPort", wanted):
+            return True
+    return False
+
+
+def admits(docs, source: Pod | None, destination: Pod, port: int) -> bool:
+    """Whether a TCP connection from source to destination:port gets through the rendered NetworkPolicies."""
+    isolating = []
+    for policy in of_kind(docs, "NetworkPolicy"):
+        spec = policy["spec"]
+        types = spec.get("policyTypes", ["Ingress", *(["Egress"] if "egress" in spec else [])])
+        namespace = policy["metadata"].get("namespace", "default")
+        selected = namespace == destination.namespace and matches(spec["podSelector"], destination.labels)
+        if "Ingress" in types and selected:
+            isolating.append((namespace, spec))
+    if not isolating:
+        return True
+    for namespace, spec in isolating:
+        for rule in spec.get("ingress", []):
+            peers = rule.get("from")
+            peer_ok = not peers or any(peer_admits(peer, namespace, source) for peer in peers)
+            if peer_ok and port_admits(rule.get("ports"), destination, port):
+                return True
+    return False
+
+
+def candidate_ports(pods: list[Pod]) -> set[int]:
+    return {port for pod in pods for port in pod.ports.values()} | RAY_PORTS_ELSEWHERE
+
+
+@cache
+def rendered_with_pods(overlay: str):
+    docs = rendered(overlay)
+    return docs, app_pods(docs), other_pods(docs)
+
+
+def test_policy_evaluator_follows_kubernetes_semantics():
+    destination = Pod("d", "ns", {"app": "d"}, {"web": 80})
+    inside, outside_ns = Pod("s", "ns", {"app": "s"}), Pod("s", "other", {"app": "s"})
+
+    def policy(*rules, selector=None):
+        return {
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"podSelector": selector or {}, "policyTypes": ["Ingress"], "ingress": list(rules)},
+        }
+
+    assert admits([], outside_ns, destination, 1), "no policy: not isolated"
+    assert not admits([policy()], inside, destination, 80), "selected with no rules: isolated"
+    assert admits([policy(selector={"matchLabels": {"app": "x"}})], inside, destination, 1)
+    same_ns = policy({"from": [{"podSelector": {"matchLabels": {"app": "s"}}}]})
+    assert admits([same_ns], inside, destination, 5) and not admits([same_ns], outside_ns, destination, 5)
+    any_ns = policy(
+        {
+            "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "s"}}}],
+            "ports": [{"port": 7}],
+        }
+    )
+    assert admits([any_ns], outside_ns, destination, 7) and not admits([any_ns], outside_ns, destination, 8)
+    named_port = policy({"ports": [{"protocol": "TCP", "port": "web"}]})
+    assert admits([named_port], OUTSIDE, destination, 80) and not admits(
+        [named_port], OUTSIDE, destination, 81
+    )
+    assert admits([policy({"ports": [{"port": 30000, "endPort": 30010}]})], OUTSIDE, destination, 30005)
+    assert not admits([policy({"ports": [{"protocol": "UDP", "port": 80}]})], inside, destination, 80)
+    not_in = {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["x"]}]}
+    assert admits([policy({"from": [{"podSelector": not_in}]})], inside, destination, 1)
+
+
+@pytest.mark.parametrize("overlay", ALL_RENDERINGS)
+def test_every_pod_is_isolated_by_a_network_policy(overlay):
+    docs, pods, _ = rendered_with_pods(overlay)
+    for pod in pods:
+        if pod.ports:  # the cleanup Job listens on nothing
+            assert not admits(docs, OUTSIDE, pod, 1), f"{pod.name} is not selected by any NetworkPolicy"
+    ray_policy = named(docs, "NetworkPolicy", "infinitetalk-ray")
+    selected = {p.name for p in pods if matches(ray_policy["spec"]["podSelector"], p.labels)}
+    assert selected - {"redis-cleanup-job"} == {p.name for p in pods if p.ray}
+    assert {p.name for p in pods if p.ray} >= {"ray-head", "ray-cpu"}
+
+
+@pytest.mark.parametrize("overlay", ALL_RENDERINGS)
+def test_ray_pods_reach_each_other_on_every_port(overlay):
+    docs, pods, _ = rendered_with_pods(overlay)
+    ray_pods = [p for p in pods if p.ray]
+    for source in ray_pods:
+        for destination in ray_pods:
+            for port in candidate_ports(ray_pods) | {1, 6379, 8265, 10001, 65535}:
+                assert admits(docs, source, destination, port), (source.name, destination.name, port)
+
+
+@pytest.mark.parametrize("overlay", ALL_RENDERINGS)
+def test_from_outside_the_ray_pods_only_serve_metrics_and_the_operators_dashboard(overlay):
+    docs, pods, others = rendered_with_pods(overlay)
+    ray_pods = [p for p in pods if p.ray]
+    # The GCS cleanup Job is the head's template, labels included: a Ray pod as far as the policies know.
+    non_ray = [*others.values(), *(p for p in pods if not p.ray and p.name != "redis-cleanup-job")]
+    ports = candidate_ports(ray_pods) | {6379, 8265, 10001}
+    for destination in ray_pods:
+        head = destination.name == "ray-head"
+        expected = {
+            "prometheus": {8000, 8080} | ({44217, 44227} if head else set()),
+            "kuberay-operator": {8000} | ({8265} if head else set()),
+        }
+        for source in [*non_ray, OUTSIDE]:
+            name = "outside" if source is OUTSIDE else source.name
+            admitted = {port for port in ports if admits(docs, source, destination, port)}
+            assert admitted == expected.get(name, {8000}), (name, destination.name)
+        for port in (8265, 10001, 6379, 52365):
+            assert not admits(docs, others["neighbour"], destination, port)
+            assert not admits(docs, others["ingress-nginx"], destination, port)
+            assert not admits(docs, others["prometheus"], destination, port)
+            assert not admits(docs, others["impostor"], destination, port)
+
+
+@pytest.mark.parametrize("overlay", ALL_RENDERINGS)
+def test_what_must_reach_the_ray_pods_does(overlay):
+    docs, pods, others = rendered_with_pods(overlay)
+    ray_pods = {p.name: p for p in pods if p.ray}
+    # ingress-nginx: the Ingress backends are the Serve Service's port, on whichever Ray pod it selects.
+    serve_service = named(docs, "RayService", "infinitetalk")["spec"]["serveService"]
+    service_ports = {p["name"]: p["targetPort"] for p in serve_service["spec"]["ports"]}
+    for ingress in of_kind(docs, "Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                target = service_ports[path["backend"]["service"]["port"]["name"]]
+                for pod in ray_pods.values():
+                    assert admits(docs, others["ingress-nginx"], pod, target), pod.name
+                    assert admits(docs, OUTSIDE, pod, target), pod.name
+    # Prometheus: every PodMonitor endpoint on every pod it selects, and the ServiceMonitor's port.
+    for monitor in of_kind(docs, "PodMonitor"):
+        for pod in ray_pods.values():
+            if matches(monitor["spec"]["selector"], pod.labels):
+                for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                    port = pod.ports[endpoint["port"]]
+                    assert admits(docs, others["prometheus"], pod, port), (pod.name, endpoint["port"])
+    for monitor in of_kind(docs, "ServiceMonitor"):
+        for endpoint in monitor["spec"]["endpoints"]:
+            for pod in ray_pods.values():
+                assert admits(docs, others["prometheus"], pod, service_ports[endpoint["port"]])
+    # The KubeRay operator: the head's port named dashboard (what it sends the Serve config to).
+    head = ray_pods["ray-head"]
+    assert admits(docs, others["kuberay-operator"], head, head.ports["dashboard"])
+
+
+@pytest.mark.parametrize("overlay", ALL_RENDERINGS)
+def test_redis_admits_only_the_ray_pods(overlay):
+    docs, pods, others = rendered_with_pods(overlay)
+    (redis,) = [p for p in pods if p.name == "StatefulSet/infinitetalk-redis"]
+    port = redis.ports["redis"]
+    cluster = named(docs, "RayService", "infinitetalk")["spec"]["rayClusterConfig"]
+    assert int(cluster["gcsFaultToleranceOptions"]["redisAddress"].rsplit(":", 1)[1]) == port
+    clients = [p for p in pods if p.ray or p.name == "redis-cleanup-job"]
+    assert len(clients) >= 3
+    for source in clients:
+        assert admits(docs, source, redis, port), source.name
+    for source in [*others.values(), OUTSIDE]:
+        for candidate in (port, 1, 8000, 16379):
+            assert not admits(docs, source, redis, candidate), (source, candidate)
+    for source in clients:
+        assert not admits(docs, source, redis, 16379), "only the Redis port"
+
+
+def test_the_policies_would_fail_a_policy_that_opens_the_dashboard():
+    docs = copy.deepcopy(list(rendered(OVERLAYS[0])))
+    head_policy = named(docs, "NetworkPolicy", "infinitetalk-ray-head")
+    head_policy["spec"]["ingress"][1]["from"][0]["podSelector"] = {}
+    _, pods, others = rendered_with_pods(OVERLAYS[0])
+    head = next(p for p in pods if p.name == "ray-head")
+    assert admits(docs, others["stranger"], head, 8265)
+    assert not admits(list(rendered(OVERLAYS[0])), others["stranger"], head, 8265)
+
+
+# --- kubectl kustomize, Celery, signing keys ------------------------------------------------------------
+
+
+@cache
+def kubectl_kustomize(overlay: str) -> str:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(K8S / overlay)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def by_identity(docs) -> list[dict]:
+    return sorted(docs, key=lambda d: (d["apiVersion"], d["kind"], d["metadata"]["name"]))
+
+
+@pytest.mark.parametrize("overlay", ALL_RENDERINGS)
+def test_kubectl_kustomize_renders_what_the_renderer_renders(overlay):
+    """So every test here, which uses k8s/kustomize_render.py, holds for what `kubectl apply -k` applies."""
+    from_kubectl = [d for d in yaml.safe_load_all(kubectl_kustomize(overlay)) if d is not None]
+    assert by_identity(from_kubectl) == by_identity(rendered(overlay))
+
+
+@pytest.mark.parametrize("overlay", ALL_RENDERINGS)
+def test_no_celery_anywhere(overlay):
+    assert "celery" not in yaml.safe_dump_all(rendered(overlay)).lower()
+    if shutil.which("kubectl"):
+        assert "celery" not in kubectl_kustomize(overlay).lower()
+
+
+def test_no_celery_in_the_sources_of_the_manifests_or_their_docs():
+    files = [p for p in K8S.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    for path in [*files, ROOT / "docs" / "kubernetes.md"]:
+        assert "celery" not in path.read_text().lower(), path
+
+
+@pytest.mark.parametrize("overlay", ALL_RENDERINGS)
+def test_every_container_with_the_signing_key_also_gets_the_previous_keys(overlay):
+    storage = StorageConfig()
+    found = 0
+    for owner, _, container in all_containers(rendered(overlay)):
+        env = {e["name"]: e for e in container.get("env", [])}
+        if storage.signing_key_env not in env:
+            assert storage.previous_signing_keys_env not in env, owner
+            continue
+        found += 1
+        current = env[storage.signing_key_env]["valueFrom"]["secretKeyRef"]
+        previous = env[storage.previous_signing_keys_env]["valueFrom"]["secretKeyRef"]
+        assert previous == {"name": current["name"], "key": "previous-signing-keys", "optional": True}, owner
+    assert found >= 2
 
 
 # --- security, resources, probes ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import sys
@@ -19,7 +20,8 @@ import render_serve_config as rsc  # noqa: E402
 from kustomize_render import render  # noqa: E402
 from serve_config_check import problems  # noqa: E402
 
-from serve.config import AppConfig  # noqa: E402
+from serve.auth import AuthenticationFailed, Authenticator  # noqa: E402
+from serve.config import AppConfig, AuthConfig  # noqa: E402
 
 # The base alone lacks its Secrets (the overlays add them), so the overlays are what is checked.
 OVERLAY_CONFIGS = {
@@ -181,6 +183,8 @@ def test_every_env_var_the_config_names_is_set_in_every_ray_container(rendered):
     _, docs = rendered
     config = app_config(serve_config(docs))
     wanted = {config.redis.url_env, config.storage.access_key_env, config.storage.secret_key_env}
+    # Read only with storage.kind local, but passed everywhere so switching to it needs no manifest change.
+    wanted |= {config.storage.signing_key_env, config.storage.previous_signing_keys_env}
     for name, _, pod in groups(docs):
         env = {e["name"] for e in pod["containers"][0]["env"]}
         assert wanted <= env, (name, wanted - env)
@@ -211,6 +215,57 @@ def test_tokens_file_is_a_key_of_the_mounted_tokens_secret(rendered):
         volume = mounts(pod)[str(tokens_file.parent)]
         secret = one(docs, "Secret", volume["secret"]["secretName"])
         assert tokens_file.name in secret.get("stringData", secret.get("data", {})), name
+
+
+def test_tokens_secret_is_mounted_as_a_directory_so_updates_reach_the_pods(rendered):
+    """A subPath mount is bound once at start and never sees a changed Secret; a directory mount does."""
+    _, docs = rendered
+    tokens_file = PurePosixPath(app_config(serve_config(docs)).auth.tokens_file)
+    for name, _, pod in groups(docs):
+        secret_volumes = {v["name"] for v in pod["volumes"] if "secret" in v}
+        for container in pod["containers"]:
+            for mount in container.get("volumeMounts", []):
+                if mount["name"] in secret_volumes:
+                    assert "subPath" not in mount and "subPathExpr" not in mount, (name, mount)
+        volume = mounts(pod)[str(tokens_file.parent)]
+        assert "items" not in volume["secret"], "every key, as the kubelet updates them"
+
+
+def kubelet_write(directory: Path, files: dict[str, str], generation: int) -> None:
+    """What the kubelet's AtomicWriter does to a Secret volume: the files in a new hidden directory, the
+    ``..data`` link swapped to it by a rename, each key a link through ``..data``, the old directory gone."""
+    directory.mkdir(parents=True, exist_ok=True)
+    old = os.readlink(directory / "..data") if (directory / "..data").is_symlink() else None
+    payload = directory / f"..2026_01_01_00_00_0{generation}.000000001"
+    payload.mkdir()
+    for name, text in files.items():
+        (payload / name).write_text(text)
+    os.symlink(payload.name, directory / "..data_tmp")
+    os.replace(directory / "..data_tmp", directory / "..data")
+    for name in files:
+        if not (directory / name).is_symlink():
+            os.symlink(f"..data/{name}", directory / name)
+    if old is not None:
+        shutil.rmtree(directory / old)
+
+
+def test_a_changed_tokens_secret_takes_effect_without_a_restart(tmp_path):
+    docs = render(ROOT / "k8s/overlays/h100")
+    tokens_file = PurePosixPath(app_config(serve_config(docs)).auth.tokens_file)
+    mount = tmp_path / tokens_file.parent.relative_to("/")
+    old_token, new_token = "a" * 32, "b" * 32
+    kubelet_write(mount, {tokens_file.name: f"{old_token}: acme\n"}, 1)
+    config = AuthConfig(mode="tokens", tokens_file=str(mount / tokens_file.name))
+    authenticator = Authenticator.from_config(config, environ={})
+    assert authenticator.authenticate(f"Bearer {old_token}") == "acme"
+    assert authenticator.refresh() is False
+    updated = f"tokens:\n  {new_token}: beta\ntenants:\n  beta: {{max_queued: 3, max_running: 1}}\n"
+    kubelet_write(mount, {tokens_file.name: updated}, 2)
+    assert authenticator.refresh() is True
+    with pytest.raises(AuthenticationFailed):
+        authenticator.authenticate(f"Bearer {old_token}")
+    assert authenticator.authenticate(f"Bearer {new_token}") == "beta"
+    assert authenticator.limits["beta"].max_queued == 3
 
 
 def test_weights_and_loras_are_under_the_weights_mount(rendered):

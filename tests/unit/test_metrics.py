@@ -6,28 +6,19 @@ from __future__ import annotations
 import math
 
 import pytest
-from api_fixtures import ALPHA, SEED_BODY, FailingEngine, OkEngine, build_stack, redis_client
+from api_fixtures import ALPHA, SEED_BODY, FailingEngine, OkEngine, build_stack
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.errors import AudioError
 from serve.api.routes import MODEL_PATH
-from serve.jobs import EmbeddedRedis, JobStatus
+from serve.jobs.records import JobStatus
 from serve.metrics import STAGE_BUCKETS, MetricsRecorder
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as embedded:
-        yield embedded
-
-
 @pytest.fixture
-def conn(server):
-    client = redis_client(server.url)
-    client.flushdb()
-    yield client
-    client.close()
+def conn(redis_conn):
+    return redis_conn
 
 
 @pytest.fixture
@@ -69,15 +60,9 @@ def test_histogram_buckets_are_cumulative(conn) -> None:
     assert values == sorted(values)
 
 
-def test_counters_and_namespaces(conn) -> None:
+def test_durations_and_namespaces(conn) -> None:
     one, other = MetricsRecorder(conn, "ns-one"), MetricsRecorder(conn, "ns-two")
-    one.record_job_finished(JobStatus.COMPLETED, 12.0)
-    one.record_job_finished(JobStatus.COMPLETED)
-    one.record_fetch_failure("fetch_timeout")
-    one.count("jobs_submitted", amount=3)
-    assert one.counter("jobs") == {"completed": 2.0}
-    assert one.counter("input_fetch_failures") == {"fetch_timeout": 1.0}
-    assert one.counter("jobs_submitted") == {"": 3.0}
+    one.record_job_duration(12.0)
     _, total = one.histogram("job_duration_seconds", (10, 20))[""]
     assert total == 12.0
     assert other.counter("jobs") == {} and other.histogram("job_duration_seconds", (10,)) == {}
@@ -96,11 +81,11 @@ def test_metrics_follow_the_jobs(stack) -> None:
         assert queued[("infinitetalk_jobs_submitted_total", ())] == 4
 
         stack.clock.advance(7.0)  # 7 s from submit to completion
-        assert stack.runner(OkEngine()).run(ids[0]) is JobStatus.COMPLETED
+        assert stack.claim_and_run(OkEngine(), "replica-1:run1") is JobStatus.COMPLETED
         stack.clock.advance(10.0)  # 17 s from submit to failure
-        stack.runner(FailingEngine(AudioError("125_audio: silent"))).run(ids[1])
+        stack.claim_and_run(FailingEngine(AudioError("125_audio: silent")), "replica-1:run2")
         assert http.post(f"/v1/requests/{ids[2]}/cancel", headers=ALPHA).status_code == 200
-        stack.store.claim(ids[3], "worker-x")
+        assert stack.store.claim_next("worker-x").request_id == ids[3]
         http.post(MODEL_PATH, json={**SEED_BODY, "284_image": "nope.png"}, headers=ALPHA)
 
         after = scrape(http)
@@ -116,8 +101,8 @@ def test_metrics_follow_the_jobs(stack) -> None:
     assert after[("infinitetalk_job_duration_seconds_bucket", (("le", "10.0"),))] == 1
     assert after[("infinitetalk_job_duration_seconds_bucket", (("le", "20.0"),))] == 2
     assert after[("infinitetalk_job_duration_seconds_sum", ())] == pytest.approx(24.0, abs=0.01)
-    # The failed job spent time fetching its inputs at submit, and then no other stage.
-    for stage, count in (("fetch_inputs", 2), ("sampling", 1), ("upload", 1)):
+    # The failed job spent time on its inputs at submit, and then no other stage.
+    for stage, count in (("submit_inputs", 2), ("fetch_inputs", 1), ("sampling", 1), ("upload", 1)):
         labels = (("stage", stage),)
         assert after[("infinitetalk_stage_duration_seconds_count", labels)] == count, stage
     sampling = (("le", "0.5"), ("stage", "sampling"))
@@ -133,9 +118,9 @@ def test_every_ingress_replica_reports_the_same_numbers(stack, conn, tmp_path) -
         TestClient(stack.app(), raise_server_exceptions=False) as first,
         TestClient(other.app(), raise_server_exceptions=False) as second,
     ):
-        done = first.post(MODEL_PATH, json=SEED_BODY, headers=ALPHA).json()["request_id"]
+        first.post(MODEL_PATH, json=SEED_BODY, headers=ALPHA)
         second.post(MODEL_PATH, json=SEED_BODY, headers=ALPHA)
-        stack.runner(OkEngine()).run(done)
+        assert stack.claim_and_run(OkEngine()) is JobStatus.COMPLETED
         texts = [client.get("/metrics").text for client in (first, second)]
         assert texts[0] == texts[1]
         figures = samples(texts[0])

@@ -1,8 +1,9 @@
-"""The job runner against a real Redis and local storage, driven by the test with fake engines."""
+"""One job's run on a real Redis with fake engines: completion, progress, failures, leases lost to another run
+(whose output must never be shown), cancels of running jobs, time limits, stalls and graceful stops; and the
+worker loop that claims jobs."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -11,254 +12,301 @@ import pytest
 from api_fixtures import (
     CrashingEngine,
     FailingEngine,
+    HangingEngine,
     OkEngine,
     SlowEngine,
     build_stack,
-    png_bytes,
-    redis_client,
     run_in_thread,
     wait_until,
-    wav_bytes,
 )
 
 from pipeline.errors import ImageError
-from serve.jobs import EmbeddedRedis, JobStatus
+from serve.jobs.records import RETRIES_EXHAUSTED, TIME_LIMIT, JobSettings, JobStatus
 from serve.jobs.runner import EngineOutput, ProgressFn
-from serve.storage import output_key
+from serve.jobs.worker import JobWorker
 
 LEASE = 60.0
-# Heartbeats come every third of the lease: a short one makes them frequent enough to watch.
-SHORT_LEASE = 0.3
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as embedded:
-        yield embedded
 
 
 @pytest.fixture
-def conn(server):
-    client = redis_client(server.url)
-    client.flushdb()
-    yield client
-    client.close()
+def stack(redis_conn, tmp_path):
+    return build_stack(redis_conn, tmp_path, lease_seconds=LEASE)
 
 
 @pytest.fixture
-def stack(conn, tmp_path):
-    return build_stack(conn, tmp_path, lease_seconds=LEASE)
-
-
-@pytest.fixture
-def fast_stack(conn, tmp_path):
-    return build_stack(conn, tmp_path, lease_seconds=SHORT_LEASE)
+def fast_stack(redis_conn, tmp_path):
+    """A 0.3 s lease: the heartbeat thread beats every 0.1 s."""
+    return build_stack(redis_conn, tmp_path, lease_seconds=0.3)
 
 
 def test_a_job_runs_to_completion(stack) -> None:
     request_id = stack.enqueue()
     engine = OkEngine()
-    assert stack.runner(engine).run(request_id) is JobStatus.COMPLETED
-
-    params, image, audio = engine.seen[0]
-    assert (image, audio) == (png_bytes(), wav_bytes())
-    assert (params["width"], params["height"], params["steps"]) == (720, 720, 7)
+    assert stack.claim_and_run(engine) is JobStatus.COMPLETED
+    settings, image, audio = engine.seen[0]
+    assert (settings.width, settings.height, settings.steps) == (720, 720, 7) and image and audio
     record = stack.store.get(request_id)
     assert record.status is JobStatus.COMPLETED and record.progress == 1.0
-    assert record.output == {"video": output_key("alpha", request_id)}
-    with av.open(io.BytesIO(stack.storage.get_bytes(record.output["video"]))) as container:
-        assert container.streams.video[0].frames == 3
-    # The submit's fetch time plus the runner's own input read; the engine's stages; the upload.
-    assert record.timings["fetch_inputs"] >= 0.1
-    assert record.timings["sampling"] == 0.3 and record.timings["upload"] >= 0
-    assert record.reproducibility == {"seed": 96860978, "output_size": "720x720"}
+    assert record.output_key == f"outputs/alpha/{request_id}/run1/video.mp4"
+    with av.open(str(Path(stack.config.storage.root) / record.output_key)) as container:
+        assert container.streams.video and container.streams.audio
+    assert {"fetch_inputs", "sampling", "upload"} <= set(record.timings)
     assert stack.metrics.counter("jobs") == {"completed": 1.0}
-    assert "sampling" in stack.metrics.histogram("stage_duration_seconds", (1.0,))
-
-
-def test_a_second_delivery_of_a_finished_job_is_skipped(stack) -> None:
-    request_id = stack.enqueue()
-    engine = OkEngine()
-    assert stack.runner(engine).run(request_id) is JobStatus.COMPLETED
-    video = stack.storage.get_bytes(output_key("alpha", request_id))
-    assert stack.runner(engine, "replica-2").run(request_id) is None
-    assert engine.calls == 1
-    assert stack.storage.get_bytes(output_key("alpha", request_id)) == video
-    assert stack.metrics.counter("jobs") == {"completed": 1.0}
-
-
-def test_a_duplicate_delivery_while_the_job_runs_is_skipped(fast_stack) -> None:
-    stack = fast_stack
-    request_id = stack.enqueue()
-    engine = SlowEngine()
-    thread, outcome = run_in_thread(lambda: stack.runner(engine, "replica-1").run(request_id))
-    try:
-        assert engine.started.wait(5)
-        # Another replica and the same replica both receive the message again.
-        assert stack.runner(engine, "replica-2").run(request_id) is None
-        assert stack.runner(engine, "replica-1").run(request_id) is None
-    finally:
-        engine.release.set()
-        thread.join(10)
-    assert outcome == [JobStatus.COMPLETED]
-    assert engine.calls == 1
-    assert stack.store.get(request_id).attempt == 1
 
 
 def test_progress_and_eta_reach_the_store(fast_stack) -> None:
     stack = fast_stack
     request_id = stack.enqueue()
-    engine = SlowEngine(fraction=0.4, eta=12.5)
-    thread, outcome = run_in_thread(lambda: stack.runner(engine).run(request_id))
+    slow = SlowEngine(fraction=0.25, eta=30.0)
+    thread, _ = run_in_thread(lambda: stack.claim_and_run(slow))
     try:
-        wait_until(lambda: stack.store.get(request_id).progress == 0.4)
-        record = stack.store.get(request_id)
-        assert record.eta_seconds == 12.5 and record.status is JobStatus.IN_PROGRESS
-        # The heartbeat keeps the lease ahead of the (frozen) clock.
-        assert record.lease_expires_at == pytest.approx(stack.clock() + SHORT_LEASE)
+        wait_until(lambda: stack.store.get(request_id).eta_seconds == 30.0)
+        assert stack.store.get(request_id).progress == 0.25
     finally:
-        engine.release.set()
-        thread.join(10)
-    assert outcome == [JobStatus.COMPLETED]
-    assert stack.store.get(request_id).eta_seconds is None
+        slow.release.set()
+        thread.join(5)
 
 
 def test_a_pipeline_error_fails_the_job_at_once(stack) -> None:
     request_id = stack.enqueue()
-    engine = FailingEngine(ImageError("284_image: no face found"))
-    assert stack.runner(engine).run(request_id) is JobStatus.FAILED
+    assert stack.claim_and_run(FailingEngine(ImageError("284_image: unreadable"))) is JobStatus.FAILED
     record = stack.store.get(request_id)
-    assert record.status is JobStatus.FAILED
-    assert (record.error.code, record.error.message) == ("invalid_image", "284_image: no face found")
-    assert record.output is None
-    # No retry: a further delivery does not run it.
-    assert stack.runner(engine).run(request_id) is None
-    assert engine.calls == 1
-    assert stack.metrics.counter("jobs") == {"failed": 1.0}
+    assert record.status is JobStatus.FAILED and record.error.code == "invalid_image"
+    assert record.attempt == 1 and stack.metrics.counter("jobs") == {"failed": 1.0}
 
 
 def test_an_unexpected_error_leaves_the_job_to_its_lease(stack) -> None:
     request_id = stack.enqueue()
-    crashing = CrashingEngine()
-    assert stack.runner(crashing).run(request_id) is None
+    assert stack.claim_and_run(CrashingEngine()) is None
     record = stack.store.get(request_id)
-    assert record.status is JobStatus.IN_PROGRESS and record.attempt == 1 and record.error is None
-    assert stack.metrics.counter("jobs") == {}
-    # Until the lease expires nobody else runs it.
-    assert stack.runner(crashing, "replica-2").run(request_id) is None
-    assert crashing.calls == 1
-
+    assert record.status is JobStatus.IN_PROGRESS and record.error is None
+    assert stack.store.claim_next("replica-2:a") is None  # until the lease expires nobody else runs it
     stack.clock.advance(LEASE + 1)
-    assert stack.dispatcher.sweep().requeued == [request_id]
-    assert stack.publisher.published == [request_id, request_id]
-    assert stack.runner(OkEngine(), "replica-2").run(request_id) is JobStatus.COMPLETED
+    assert stack.store.reap().requeued == [request_id]
+    assert stack.claim_and_run(OkEngine(), "replica-2:run2") is JobStatus.COMPLETED
     assert stack.store.get(request_id).attempt == 2
 
 
-def test_a_lost_lease_stops_the_run_without_completing(fast_stack) -> None:
-    stack = fast_stack
+def test_attempts_run_out_on_a_job_that_crashes_every_time(stack) -> None:
     request_id = stack.enqueue()
-    slow = SlowEngine()
-    thread, outcome = run_in_thread(lambda: stack.runner(slow, "replica-1").run(request_id))
-    try:
-        assert slow.started.wait(5)
-        # The reaper took the job back (as if replica-1 had stopped heartbeating), and replica-2 ran it.
-        assert stack.store.requeue_expired(now=stack.clock() + 1000) == ([request_id], [])
-        assert stack.runner(OkEngine(), "replica-2").run(request_id) is JobStatus.COMPLETED
-        thread.join(5)
-        assert not thread.is_alive()
-    finally:
-        slow.release.set()
-        thread.join(5)
-    assert outcome == [None]
-    assert slow.finished == 0
+    for attempt in range(3):
+        stack.claim_and_run(CrashingEngine(), f"replica-{attempt}:run{attempt}")
+        stack.clock.advance(LEASE + 1)
+        stack.store.reap()
     record = stack.store.get(request_id)
-    assert record.status is JobStatus.COMPLETED and record.lease_owner.startswith("replica-2:")
-    assert stack.metrics.counter("jobs") == {"completed": 1.0}
+    assert record.status is JobStatus.FAILED and record.error.code == RETRIES_EXHAUSTED
 
 
 class StolenEngine:
-    """Loses its lease to another execution while generating, and finishes without reporting progress."""
+    """Loses its lease to another run while generating (as if paused past its lease), which completes the job
+    first; then finishes its own video."""
 
-    def __init__(self, stack: Any, request_id: str) -> None:
-        self.stack, self.request_id = stack, request_id
+    def __init__(self, stack: Any) -> None:
+        self.stack = stack
 
     def run(
-        self, params: dict[str, Any], image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
-        self.stack.store.requeue_expired(now=self.stack.clock() + 1000)
-        assert self.stack.store.claim(self.request_id, "replica-2:other") is not None
-        OkEngine().run(params, image, audio, out_path, lambda fraction, eta: None)
-        return EngineOutput()
+        self.stack.clock.advance(LEASE + 1)
+        self.stack.store.reap()
+        assert self.stack.claim_and_run(OkEngine(), "replica-2:winner") is JobStatus.COMPLETED
+        return OkEngine().run(settings, image, audio, out_path, lambda fraction, eta: None)
 
 
-def test_a_result_made_after_the_lease_was_lost_is_not_published(stack) -> None:
+def test_a_stale_run_never_replaces_the_winners_output(stack) -> None:
+    """Defect: every run wrote the job's one output key, so a run that lost its lease and finished late
+    replaced the video the winning run had published. Now the stale run's complete is refused and its own
+    object deleted: the job shows the winner's video, and only that one is stored."""
     request_id = stack.enqueue()
-    assert stack.runner(StolenEngine(stack, request_id)).run(request_id) is None
+    assert stack.claim_and_run(StolenEngine(stack), "replica-1:stale") is None
     record = stack.store.get(request_id)
-    assert record.status is JobStatus.IN_PROGRESS and record.lease_owner == "replica-2:other"
-    assert record.output is None
-    assert stack.metrics.counter("jobs") == {}
+    assert record.status is JobStatus.COMPLETED
+    assert record.output_key == f"outputs/alpha/{request_id}/winner/video.mp4"
+    assert stack.objects("outputs") == [record.output_key]
+    assert stack.metrics.counter("jobs") == {"completed": 1.0}
 
 
 class StolenThenFailingEngine(StolenEngine):
     def run(
-        self, params: dict[str, Any], image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
-        self.stack.store.requeue_expired(now=self.stack.clock() + 1000)
-        assert self.stack.store.claim(self.request_id, "replica-2:other") is not None
+        super().run(settings, image, audio, out_path, progress)
         raise ImageError("284_image: unreadable")
 
 
 def test_a_failure_after_the_lease_was_lost_is_not_reported(stack) -> None:
     request_id = stack.enqueue()
-    assert stack.runner(StolenThenFailingEngine(stack, request_id)).run(request_id) is None
-    assert stack.store.get(request_id).status is JobStatus.IN_PROGRESS
-    assert stack.metrics.counter("jobs") == {}
+    assert stack.claim_and_run(StolenThenFailingEngine(stack), "replica-1:stale") is None
+    assert stack.store.get(request_id).status is JobStatus.COMPLETED
 
 
-def test_a_graceful_stop_hands_the_job_back(stack) -> None:
-    first = stack.enqueue()
-    second = stack.enqueue()
+def test_a_lost_lease_stops_the_run_at_its_next_step(fast_stack) -> None:
+    stack = fast_stack
+    request_id = stack.enqueue()
     slow = SlowEngine()
-    runner = stack.runner(slow)
-    thread, outcome = run_in_thread(lambda: runner.run(first))
+    thread, outcome = run_in_thread(lambda: stack.claim_and_run(slow, "replica-1:first"))
     try:
         assert slow.started.wait(5)
-        assert runner.running == 1
+        stack.clock.advance(1000)  # the reaper takes the job back, as if replica-1 had stopped beating
+        assert stack.store.reap().requeued == [request_id]
+        thread.join(5)
+        assert not thread.is_alive()
+    finally:
+        slow.release.set()
+        thread.join(5)
+    assert outcome == [None] and slow.finished == 0
+    assert stack.store.get(request_id).status is JobStatus.IN_QUEUE
+
+
+def test_a_running_job_cancelled_ends_cancelled_within_a_step(stack) -> None:
+    """Defect: a running job could not be cancelled (409). Now it stops at its next progress report (at most
+    a second of steps later), ends cancelled with no output, and its worker is free again."""
+    request_id = stack.enqueue()
+    slow = SlowEngine(step_seconds=0.05)
+    runner = stack.runner(slow)
+    record = stack.store.claim_next("replica-1:run1")
+    thread, outcome = run_in_thread(lambda: runner.run(record, "replica-1:run1"))
+    try:
+        assert slow.started.wait(5)
+        steps_before = slow.steps
+        assert stack.store.cancel(request_id, "alpha").pending
+        thread.join(5)
+        assert not thread.is_alive()
+    finally:
+        slow.release.set()
+        thread.join(5)
+    assert outcome == [JobStatus.CANCELLED]
+    assert slow.steps - steps_before <= 1.0 / 0.05 + 2  # seen at the first beat, a second at most
+    record = stack.store.get(request_id)
+    assert record.status is JobStatus.CANCELLED and record.output_key is None
+    assert stack.objects("outputs") == [] and not runner.running
+    assert stack.metrics.counter("jobs") == {"cancelled": 1.0}
+
+
+class CancelledAfterLastStepEngine:
+    """A client's cancel lands after the engine's last progress report, while the video is muxed."""
+
+    def __init__(self, stack: Any, request_id: str) -> None:
+        self.stack, self.request_id = stack, request_id
+
+    def run(
+        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+    ) -> EngineOutput:
+        output = OkEngine().run(settings, image, audio, out_path, progress)
+        assert self.stack.store.cancel(self.request_id, "alpha").pending
+        return output
+
+
+def test_a_cancel_after_the_last_step_still_ends_the_job_cancelled(stack) -> None:
+    request_id = stack.enqueue()
+    assert stack.claim_and_run(CancelledAfterLastStepEngine(stack, request_id)) is JobStatus.CANCELLED
+    record = stack.store.get(request_id)
+    assert record.status is JobStatus.CANCELLED and record.output_key is None
+    assert stack.objects("outputs") == []
+
+
+def test_a_run_past_the_time_limit_fails(redis_conn, tmp_path) -> None:
+    """Defect: nothing bounded a run's length."""
+    stack = build_stack(redis_conn, tmp_path, queue={"max_run_seconds": 600.0})
+    request_id = stack.enqueue()
+    slow = SlowEngine()
+    record = stack.store.claim_next("replica-1:run1")
+    thread, outcome = run_in_thread(lambda: stack.runner(slow).run(record, "replica-1:run1"))
+    try:
+        assert slow.started.wait(5)
+        stack.clock.advance(601)
+        thread.join(5)
+        assert not thread.is_alive()
+    finally:
+        slow.release.set()
+        thread.join(5)
+    assert outcome == [JobStatus.FAILED]
+    assert stack.store.get(request_id).error.code == TIME_LIMIT
+
+
+def test_a_hung_run_stops_extending_its_lease_and_says_it_stalled(fast_stack) -> None:
+    """Defect: the heartbeat renewed the lease whether or not the job made progress, so a hung CUDA call held
+    its job and replica forever. Now a stalled run's lease runs out (the job goes to another replica) and the
+    runner reports the stall, which fails the replica's health check."""
+    stack = fast_stack
+    request_id = stack.enqueue()
+    hanging = HangingEngine()
+    runner = stack.runner(hanging, stall_seconds=0.5)
+    record = stack.store.claim_next("replica-1:run1")
+    thread, _ = run_in_thread(lambda: runner.run(record, "replica-1:run1"))
+    try:
+        assert hanging.started.wait(5)
+        assert not runner.stalled
+        wait_until(lambda: runner.stalled, timeout=5)
+        stack.clock.advance(1.0)  # beats go on, but none extends the lease any more: it expires
+        assert stack.store.reap().requeued == [request_id]
+    finally:
+        hanging.release.set()
+        thread.join(5)
+
+
+def test_a_graceful_stop_hands_the_job_back_at_its_place(stack) -> None:
+    first, second = stack.enqueue(), stack.enqueue()
+    slow = SlowEngine()
+    runner = stack.runner(slow)
+    record = stack.store.claim_next("replica-1:run1")
+    thread, outcome = run_in_thread(lambda: runner.run(record, "replica-1:run1"))
+    try:
+        assert slow.started.wait(5)
+        assert runner.running
         runner.request_stop()
         thread.join(5)
     finally:
         slow.release.set()
         thread.join(5)
-    assert outcome == [JobStatus.IN_QUEUE]
-    assert runner.running == 0 and slow.finished == 0
+    assert outcome == [JobStatus.IN_QUEUE] and not runner.running and slow.finished == 0
     record = stack.store.get(first)
-    assert record.status is JobStatus.IN_QUEUE
-    assert record.attempt == 0  # a graceful hand-back gives the attempt back
+    assert record.status is JobStatus.IN_QUEUE and record.attempt == 0
     assert stack.store.queue_position(first) == 0 and stack.store.queue_position(second) == 1
-    assert stack.publisher.published == [first, second, first]
-
-    # A stopping runner takes no new job; it puts the message back.
-    assert runner.run(second) is None
-    assert stack.store.get(second).status is JobStatus.IN_QUEUE
-    assert stack.publisher.published[-1] == second
-
-    assert stack.runner(OkEngine(), "replica-2").run(first) is JobStatus.COMPLETED
-    assert stack.store.get(first).attempt == 1
 
 
-def test_a_cancelled_job_never_runs(stack) -> None:
+# -- the worker loop ---------------------------------------------------------------------------------------
+
+
+def test_the_worker_claims_and_runs_jobs_as_they_come(stack) -> None:
+    engine = OkEngine()
+    worker = JobWorker(stack.store, stack.runner(engine), "replica-1", idle_wait_seconds=0.2)
+    worker.start()
+    try:
+        ids = [stack.enqueue(), stack.enqueue(tenant="beta")]
+        wait_until(lambda: all(stack.store.get(i).status is JobStatus.COMPLETED for i in ids), timeout=10)
+        later = stack.enqueue()  # woken by the store when it arrives
+        wait_until(lambda: stack.store.get(later).status is JobStatus.COMPLETED, timeout=10)
+        assert worker.health_problem() is None and worker.jobs_run == 3
+    finally:
+        worker.stop(drain_seconds=5)
+
+
+def test_a_stopping_worker_hands_its_job_back_after_the_drain(stack) -> None:
+    slow = SlowEngine()
+    worker = JobWorker(stack.store, stack.runner(slow), "replica-1", idle_wait_seconds=0.2)
+    worker.start()
     request_id = stack.enqueue()
-    stack.store.cancel(request_id, "alpha")
-    engine = OkEngine()
-    assert stack.runner(engine).run(request_id) is None
-    assert engine.calls == 0
-    assert stack.store.get(request_id).status is JobStatus.CANCELLED
-    assert not stack.storage.exists(output_key("alpha", request_id))
+    try:
+        assert slow.started.wait(5)
+        worker.stop(drain_seconds=0.2)
+    finally:
+        slow.release.set()
+    record = stack.store.get(request_id)
+    assert record.status is JobStatus.IN_QUEUE and record.attempt == 0
 
 
-def test_an_unknown_job_is_skipped(stack) -> None:
-    engine = OkEngine()
-    assert stack.runner(engine).run("0" * 32) is None
-    assert engine.calls == 0
+def test_a_worker_whose_job_hangs_reports_it(fast_stack) -> None:
+    stack = fast_stack
+    hanging = HangingEngine()
+    worker = JobWorker(
+        stack.store, stack.runner(hanging, stall_seconds=0.3), "replica-1", idle_wait_seconds=0.2
+    )
+    worker.start()
+    stack.enqueue()
+    try:
+        assert hanging.started.wait(5)
+        wait_until(lambda: worker.health_problem() == "the running job stopped making progress", timeout=5)
+    finally:
+        hanging.release.set()
+        worker.stop(drain_seconds=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +14,6 @@ from serve.api.schemas import (
     MAX_PROMPT_CHARS,
     SIZES,
     ErrorBody,
-    GenerationParams,
     ResultResponse,
     StatusResponse,
     SubmitRequest,
@@ -22,6 +21,7 @@ from serve.api.schemas import (
     input_json_schema,
     output_json_schema,
 )
+from serve.jobs.records import JobSettings
 
 SEED_PAGE_DEFAULTS = {
     "241_positive_prompt": "a woman is talking and waving hands",
@@ -41,11 +41,9 @@ def _error_fields(body: dict[str, object]) -> dict[str, str]:
 
 
 def test_seed_page_example_gives_documented_defaults() -> None:
-    params = SubmitRequest.model_validate(SEED_PAGE_DEFAULTS).to_generation_params()
-    assert params == GenerationParams(
+    settings = SubmitRequest.model_validate(SEED_PAGE_DEFAULTS).to_settings()
+    assert settings == JobSettings(
         prompt="a woman is talking and waving hands",
-        image_ref="Runcomfy_example_1278_1.png",
-        audio_ref="Runcomfy_example_1278_1.mp3",
         width=720,
         height=720,
         frames=125,
@@ -54,17 +52,30 @@ def test_seed_page_example_gives_documented_defaults() -> None:
         shift=11.0,
         cfg=1.0,
     )
-    assert isinstance(params.shift, float) and isinstance(params.cfg, float)
+    assert isinstance(settings.shift, float) and isinstance(settings.cfg, float)
 
 
-def test_generation_params_is_a_plain_frozen_dataclass() -> None:
-    params = SubmitRequest.model_validate(SEED_PAGE_DEFAULTS).to_generation_params()
-    assert dataclasses.is_dataclass(params)
+def test_job_settings_are_a_plain_frozen_dataclass() -> None:
+    settings = SubmitRequest.model_validate(SEED_PAGE_DEFAULTS).to_settings()
+    assert dataclasses.is_dataclass(settings)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        params.seed = 1  # type: ignore[misc]
-    assert GenerationParams.from_dict(json.loads(json.dumps(params.to_dict()))) == params
-    with pytest.raises(ValueError, match="seed"):
-        GenerationParams.from_dict({k: v for k, v in params.to_dict().items() if k != "seed"})
+        settings.seed = 1  # type: ignore[misc]
+
+
+def test_body_hash_is_the_validated_request_not_its_spelling() -> None:
+    by_wire_name = SubmitRequest.model_validate(_body(**{"128_steps": 7}))
+    by_python_name = SubmitRequest.model_validate(
+        {
+            "prompt": " a woman is talking and waving hands ",
+            "image": "Runcomfy_example_1278_1.png",
+            "audio": "Runcomfy_example_1278_1.mp3",
+            "steps": 7,
+        }
+    )
+    assert by_wire_name.body_hash() == by_python_name.body_hash()
+    other_audio = SubmitRequest.model_validate(_body(**{"125_audio": "https://cdn.test/other.mp3"}))
+    assert other_audio.body_hash() != by_wire_name.body_hash()
+    assert len(by_wire_name.body_hash()) == 64
 
 
 @pytest.mark.parametrize(
@@ -72,8 +83,8 @@ def test_generation_params_is_a_plain_frozen_dataclass() -> None:
     [("960x540 (16:9)", 960, 540), ("540x960 (9:16)", 540, 960), ("576x1024 (9:16)", 576, 1024)],
 )
 def test_size_option_is_width_by_height(option: str, width: int, height: int) -> None:
-    params = SubmitRequest.model_validate(_body(**{"245_valuex246_value": option})).to_generation_params()
-    assert (params.width, params.height) == (width, height)
+    settings = SubmitRequest.model_validate(_body(**{"245_valuex246_value": option})).to_settings()
+    assert (settings.width, settings.height) == (width, height)
 
 
 def test_all_ten_sizes_parse_and_match_their_aspect_label() -> None:
@@ -92,7 +103,7 @@ def test_fields_populate_by_python_name_too() -> None:
 
 
 def test_full_custom_body() -> None:
-    params = SubmitRequest.model_validate(
+    settings = SubmitRequest.model_validate(
         _body(
             **{
                 "245_valuex246_value": "1280x720 (16:9)",
@@ -103,9 +114,9 @@ def test_full_custom_body() -> None:
                 "128_cfg": 0.6,
             }
         )
-    ).to_generation_params()
-    assert (params.width, params.height, params.frames, params.seed) == (1280, 720, 250, -(2**63))
-    assert (params.steps, params.shift, params.cfg) == (6, 1.0, 0.6)
+    ).to_settings()
+    assert (settings.width, settings.height, settings.frames, settings.seed) == (1280, 720, 250, -(2**63))
+    assert (settings.steps, settings.shift, settings.cfg) == (6, 1.0, 0.6)
 
 
 def test_prompt_is_trimmed() -> None:
@@ -256,6 +267,7 @@ def _record(**overrides: object) -> SimpleNamespace:
         "timings": {},
         "reproducibility": {},
         "expires_at": None,
+        "cancel_requested": False,
     }
     base.update(overrides)
     return SimpleNamespace(**base)
@@ -264,7 +276,7 @@ def _record(**overrides: object) -> SimpleNamespace:
 def test_status_from_record_queue_position_only_while_queued() -> None:
     queued = StatusResponse.from_record(_record(), queue_position=3)
     assert queued.queue_position == 3
-    assert queued.created_at == datetime.fromtimestamp(1_700_000_000, tz=timezone.utc)
+    assert queued.created_at == datetime.fromtimestamp(1_700_000_000, tz=UTC)
     running = StatusResponse.from_record(
         _record(
             status=SimpleNamespace(value="in_progress"), progress=0.5, started_at=1_700_000_010.0, attempt=1
@@ -319,3 +331,10 @@ def test_submit_response_and_error_body_shapes() -> None:
     assert set(response.model_dump()) == {"request_id", "status_url", "result_url", "cancel_url"}
     body = ErrorBody.model_validate({"error": {"code": "x", "message": "y"}})
     assert body.model_dump() == {"error": {"code": "x", "message": "y", "details": []}}
+
+
+def test_cancel_requested_shows_only_while_the_job_still_runs() -> None:
+    running = _record(status=SimpleNamespace(value="in_progress"), cancel_requested=True)
+    assert StatusResponse.from_record(running).cancel_requested is True
+    ended = _record(status=SimpleNamespace(value="cancelled"), cancel_requested=True)
+    assert "cancel_requested" not in StatusResponse.from_record(ended).model_dump(exclude_none=True)

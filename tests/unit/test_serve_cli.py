@@ -9,8 +9,11 @@ import yaml
 
 from serve.__main__ import main
 from serve.config import AppConfig
-from serve.jobs import EmbeddedRedis, JobRecord
+from serve.jobs import JobRecord, JobSettings
+from serve.jobs.embedded_redis import EmbeddedRedis
 from serve.services import Services
+
+SETTINGS = JobSettings(prompt="", width=64, height=64, frames=5, seed=1, steps=2, shift=5.0, cfg=1.0)
 
 
 @pytest.fixture()
@@ -40,7 +43,7 @@ def test_drain_then_resume(config_path: Path) -> None:
 
 def test_drain_wait_fails_while_a_job_is_still_queued(config_path: Path, capsys) -> None:
     store = store_of(config_path)
-    store.create(JobRecord(request_id="a" * 32, tenant="t", params={}, inputs={}))
+    store.create(JobRecord(request_id="a" * 32, tenant="t", settings=SETTINGS))
     assert main(["drain", "--config", str(config_path), "--wait", "0.01"]) == 1
     assert "not drained: 1 queued, 0 running" in capsys.readouterr().err
     store.cancel("a" * 32, "t")

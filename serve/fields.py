@@ -1,0 +1,17 @@
+"""The seed API's names, defined once: the request's field names (RunComfy's node ids) and its examples.
+
+``serve.api.schemas`` builds the request model from them; the input checks name the field a problem is in.
+"""
+
+PROMPT = "241_positive_prompt"
+IMAGE = "284_image"
+AUDIO = "125_audio"
+SIZE = "245_valuex246_value"
+FRAMES = "270_value"
+SEED = "128_seed"
+STEPS = "128_steps"
+SHIFT = "128_shift"
+CFG = "128_cfg"
+
+EXAMPLE_IMAGE = "Runcomfy_example_1278_1.png"
+EXAMPLE_AUDIO = "Runcomfy_example_1278_1.mp3"

@@ -1,0 +1,205 @@
+"""What the API does with jobs and uploads: submit, read, cancel, upload. Routes only route; this decides.
+
+No HTTP here: refusals are the lower layers' errors (``serve.jobs.errors``, ``serve.inputs.errors``,
+``serve.storage.errors``), which ``serve/api/errors.py`` maps to status codes.
+
+A submit costs one hop to a worker thread, for the CPU and disk work; the rest is awaited on the event loop:
+
+1. an idempotent resubmission is answered from the store, and the app's and the tenant's admission (draining,
+   the queue's bound, the tenant's cap) is read, before anything is fetched;
+2. both references are resolved at once (URLs downloaded) in a task group: the first input refused stops the
+   other's download;
+3. in one worker thread, a bounded number of submits at a time per replica: ``data:`` URIs decoded, uploads
+   and examples read, both inputs probed as media, hashed and staged in storage;
+4. the job is created (atomically re-checking the bounds and the idempotency key); a submit refused there
+   deletes what it staged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import anyio
+
+from serve.api.schemas import SubmitRequest
+from serve.inputs.errors import InputRejected
+from serve.inputs.probe import probe_any_media, probe_audio, probe_image
+from serve.inputs.references import InputKind, InputResolver, PendingInput, new_file_id
+from serve.jobs.async_store import AsyncJobStore
+from serve.jobs.errors import AppDraining, JobGone, JobNotFound, QueueFull, TenantQueueFull
+from serve.jobs.records import JobRecord, StagedInput
+from serve.metrics import FETCH_FAILURES
+from serve.storage import ObjectStore, input_key, upload_key
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Upload:
+    file_id: str
+    size_bytes: int
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as the status and result endpoints show it."""
+
+    record: JobRecord
+    queue_position: int | None = None
+    video_url: str | None = None
+
+
+class JobService:
+    def __init__(
+        self,
+        store: AsyncJobStore,
+        storage: ObjectStore,
+        resolver: InputResolver,
+        *,
+        max_audio_seconds: float,
+        url_ttl_seconds: int,
+        max_concurrent_decodes: int,
+    ) -> None:
+        self._store = store
+        self._storage = storage
+        self._resolver = resolver
+        self._max_audio_seconds = max_audio_seconds
+        self._url_ttl = url_ttl_seconds
+        self._decode_slots = anyio.CapacityLimiter(max_concurrent_decodes)
+
+    # -- submit ---------------------------------------------------------------------------------------------
+
+    async def submit(
+        self, tenant: str, request: SubmitRequest, idempotency_key: str | None = None
+    ) -> tuple[JobRecord, bool]:
+        """The accepted job, and whether this call created it (False: an idempotent resubmission)."""
+        body_hash = request.body_hash()
+        if idempotency_key is not None:
+            existing = await self._store.lookup_idempotent(tenant, idempotency_key, body_hash)
+            if existing is not None:
+                return existing, False
+        admission = await self._store.admission(tenant)
+        if admission.draining_retry_after is not None:
+            raise AppDraining(admission.draining_retry_after)
+        if admission.queue_full:
+            raise QueueFull("the queue is full")
+        if admission.tenant_full:
+            raise TenantQueueFull(admission.tenant_cap)
+
+        request_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        try:
+            pending = await self._resolve(
+                tenant, {InputKind.IMAGE: request.image, InputKind.AUDIO: request.audio}
+            )
+            async with self._decode_slots:
+                inputs = await anyio.to_thread.run_sync(self._stage, tenant, request_id, pending)
+        except InputRejected as refused:
+            await self._store.count(FETCH_FAILURES, refused.code)
+            raise
+        record = JobRecord(
+            request_id=request_id,
+            tenant=tenant,
+            settings=request.to_settings(),
+            inputs=inputs,
+            timings={"submit_inputs": time.perf_counter() - started},
+        )
+        try:
+            return await self._store.create(record, idempotency_key, body_hash if idempotency_key else None)
+        except BaseException:
+            await anyio.to_thread.run_sync(self._unstage, inputs)
+            raise
+
+    async def _resolve(self, tenant: str, references: dict[InputKind, str]) -> dict[InputKind, PendingInput]:
+        resolved: dict[InputKind, PendingInput] = {}
+
+        async def resolve(kind: InputKind) -> None:
+            resolved[kind] = await self._resolver.resolve(references[kind], kind=kind, tenant=tenant)
+
+        try:
+            async with anyio.create_task_group() as group:
+                for kind in references:
+                    group.start_soon(resolve, kind)
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None  # the first failure; the other resolution was cancelled by it
+        return resolved
+
+    def _stage(
+        self, tenant: str, request_id: str, pending: dict[InputKind, PendingInput]
+    ) -> dict[str, StagedInput]:
+        """In a worker thread: each input's bytes loaded, probed as media, hashed and stored."""
+        checked: dict[str, tuple[bytes, PendingInput]] = {}
+        for kind, item in pending.items():
+            data = item.load()
+            if kind is InputKind.IMAGE:
+                probe_image(data, field=item.field)
+            else:
+                probe_audio(data, field=item.field, max_seconds=self._max_audio_seconds)
+            checked[kind.value] = (data, item)
+        staged = {}
+        for role, (data, item) in checked.items():
+            key = input_key(tenant, request_id, role)
+            self._storage.put_bytes(key, data, "application/octet-stream")
+            staged[role] = StagedInput(key, hashlib.sha256(data).hexdigest(), len(data), item.source)
+        return staged
+
+    def _unstage(self, inputs: dict[str, StagedInput]) -> None:
+        for staged in inputs.values():
+            self._storage.delete(staged.key)
+
+    # -- read and cancel ------------------------------------------------------------------------------------
+
+    async def view(self, tenant: str, request_id: str, *, with_download: bool = False) -> JobView:
+        """The job, its queue position and (``with_download``, once completed) a signed download URL."""
+        record = await self._store.get(request_id, tenant)
+        if record is None:
+            if await self._store.is_gone(request_id, tenant):
+                raise JobGone(request_id)
+            raise JobNotFound(request_id)
+        now = self._store.now()
+        if record.is_expired(now):
+            raise JobGone(request_id)
+        video_url = None
+        if with_download and record.output_key is not None:
+            # Signing is local computation (HMAC, or an S3 presign): no I/O on the event loop. A link must not
+            # outlive the result: after expires_at the API answers 410 for the job.
+            ttl = self._url_ttl
+            if record.expires_at is not None:
+                ttl = max(1, min(ttl, int(record.expires_at - now)))
+            video_url = self._storage.url_for(record.output_key, ttl)
+        return JobView(record, await self._store.queue_position(record), video_url)
+
+    async def cancel(self, tenant: str, request_id: str) -> JobRecord:
+        """A queued job never runs; a running one ends cancelled at its next step (the record says
+        ``cancel_requested`` until then). ``CancelConflict`` for a finished job."""
+        await self.view(tenant, request_id)  # 404 / 410 as for any read
+        try:
+            outcome = await self._store.cancel(request_id, tenant)
+        except JobNotFound:  # deleted by the retention sweep since it was read
+            raise JobGone(request_id) from None
+        return outcome.record
+
+    # -- uploads --------------------------------------------------------------------------------------------
+
+    async def upload(self, tenant: str, data: bytes) -> Upload:
+        """An image or audio file kept for later submits, counted against the tenant's byte quota until it
+        expires with everything else stored (``UploadQuotaExceeded``)."""
+        file_id = new_file_id()
+        expires_at = await self._store.reserve_upload(tenant, file_id, len(data))
+        try:
+            async with self._decode_slots:
+                await anyio.to_thread.run_sync(self._store_upload, tenant, file_id, data)
+        except BaseException:
+            await self._store.forget_upload(tenant, file_id)
+            raise
+        return Upload(file_id, len(data), self._store.now(), expires_at)
+
+    def _store_upload(self, tenant: str, file_id: str, data: bytes) -> None:
+        probe_any_media(data, max_audio_seconds=self._max_audio_seconds)
+        self._storage.put_bytes(upload_key(tenant, file_id), data, "application/octet-stream")

@@ -1,0 +1,76 @@
+-- Shared by every job script (prepended to each). ARGV[1] is always the key prefix "{namespace}:", so every
+-- key of one namespace carries the same Redis Cluster hash tag and lives in one slot.
+local P = ARGV[1]
+
+-- Jobs per status (metrics, the autoscaler) and per tenant (its caps) follow every transition.
+local function move(old, new)
+  if old then redis.call('HINCRBY', P .. 'counts', old, -1) end
+  if new then redis.call('HINCRBY', P .. 'counts', new, 1) end
+end
+
+local function usage(tenant, field, delta)
+  redis.call('HINCRBY', P .. 'usage:' .. tenant, field, delta)
+end
+
+-- A tenant's cap: field 1 max queued, 2 max running, 3 max upload bytes ("q,r,b"; -1 = the default).
+local function limit(tenant, index, default)
+  local raw = redis.call('HGET', P .. 'limits', tenant)
+  if raw then
+    local values = {}
+    for value in string.gmatch(raw, '(-?%d+)') do values[#values + 1] = tonumber(value) end
+    if values[index] and values[index] >= 0 then return values[index] end
+  end
+  return tonumber(default)
+end
+
+-- Into the tenant's queue at the job's first sequence number (a requeued job keeps its place); a tenant
+-- with queued jobs is in the rotation, entering it at the current turn. One wake-up per job.
+local function enqueue(job, id, tenant)
+  redis.call('ZADD', P .. 'tq:' .. tenant, redis.call('HGET', job, '_seq'), id)
+  if not redis.call('ZSCORE', P .. 'rotation', tenant) then
+    redis.call('ZADD', P .. 'rotation', tonumber(redis.call('GET', P .. 'turn') or '0'), tenant)
+  end
+  redis.call('LPUSH', P .. 'wake', id)
+  redis.call('LTRIM', P .. 'wake', 0, 255)
+end
+
+local function dequeue(id, tenant)
+  redis.call('ZREM', P .. 'tq:' .. tenant, id)
+  if redis.call('ZCARD', P .. 'tq:' .. tenant) == 0 then redis.call('ZREM', P .. 'rotation', tenant) end
+end
+
+-- Counted here, inside the transition, so each job counts once whichever process ended it.
+local function finish(job, id, tenant, old, new, now, expires_at)
+  redis.call('HINCRBY', P .. 'metrics:counter:jobs', new, 1)
+  redis.call('HSET', job, 'status', new, 'finished_at', now, 'updated_at', now, 'expires_at', expires_at)
+  redis.call('HDEL', job, 'lease_expires_at', 'eta_seconds', 'run_deadline_at')
+  if old == 'in_queue' then
+    dequeue(id, tenant)
+    usage(tenant, 'queued', -1)
+  elseif old == 'in_progress' then
+    usage(tenant, 'running', -1)
+  end
+  redis.call('ZREM', P .. 'leases', id)
+  redis.call('ZREM', P .. 'deadlines', id)
+  redis.call('ZADD', P .. 'expiry', expires_at, id)
+  move(old, new)
+end
+
+local function requeue(job, id, tenant, now)
+  redis.call('HSET', job, 'status', 'in_queue', 'updated_at', now, 'progress', '0.0')
+  redis.call('HDEL', job, 'lease_owner', 'lease_expires_at', 'started_at', 'eta_seconds', 'run_deadline_at')
+  redis.call('ZREM', P .. 'leases', id)
+  redis.call('ZREM', P .. 'deadlines', id)
+  usage(tenant, 'running', -1)
+  usage(tenant, 'queued', 1)
+  enqueue(job, id, tenant)
+  move('in_progress', 'in_queue')
+end
+
+local function attempts_left(job)
+  return tonumber(redis.call('HGET', job, 'attempt')) < tonumber(redis.call('HGET', job, 'max_attempts'))
+end
+
+local function record(job)
+  return redis.call('HGETALL', job)
+end
