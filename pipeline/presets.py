@@ -10,7 +10,7 @@ exact requested size, the same code path 960×540 takes on the real model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -59,7 +59,6 @@ class Preset:
     max_working_area: int | None = None
     needs_weights: bool = True
     random_seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _REAL_WAV2VEC2_CONV = {

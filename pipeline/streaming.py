@@ -18,9 +18,6 @@ def latent_frames(video_frames: int) -> int:
     return 1 + (video_frames - 1) // VAE_TEMPORAL_STRIDE
 
 
-MOTION_LATENT_FRAMES = latent_frames(MOTION_FRAMES)
-
-
 @dataclass(frozen=True)
 class Chunk:
     """One 81-frame window of the output.
@@ -36,10 +33,6 @@ class Chunk:
     @property
     def end(self) -> int:
         return self.start + CHUNK_FRAMES
-
-    @property
-    def is_first(self) -> bool:
-        return self.index == 0
 
 
 def chunk_count(frames: int) -> int:

@@ -139,10 +139,6 @@ class Authenticator:
         return authenticator
 
     @property
-    def enabled(self) -> bool:
-        return not self._disabled
-
-    @property
     def limits(self) -> dict[str, TenantLimits]:
         """The tenants' own caps, as the tokens file gives them now."""
         return dict(self._table.limits)

@@ -6,22 +6,14 @@ transformers parts load on first use, so an HTTP ingress that only probes upload
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from pipeline._lazy import lazy_attributes
 from pipeline.audio.decode import SAMPLE_RATE, decode_audio, normalize_loudness
 
 if TYPE_CHECKING:
     from pipeline.audio.wav2vec2 import InfiniteTalkWav2Vec2, speech_to_frame_embeddings, video_frame_count
     from pipeline.audio.windows import pad_embeddings_to, window_audio_embeddings
-
-_LAZY = {
-    "InfiniteTalkWav2Vec2": "pipeline.audio.wav2vec2",
-    "speech_to_frame_embeddings": "pipeline.audio.wav2vec2",
-    "video_frame_count": "pipeline.audio.wav2vec2",
-    "pad_embeddings_to": "pipeline.audio.windows",
-    "window_audio_embeddings": "pipeline.audio.windows",
-}
 
 __all__ = [
     "SAMPLE_RATE",
@@ -34,10 +26,13 @@ __all__ = [
     "window_audio_embeddings",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "InfiniteTalkWav2Vec2": "pipeline.audio.wav2vec2",
+        "speech_to_frame_embeddings": "pipeline.audio.wav2vec2",
+        "video_frame_count": "pipeline.audio.wav2vec2",
+        "pad_embeddings_to": "pipeline.audio.windows",
+        "window_audio_embeddings": "pipeline.audio.windows",
+    },
+)

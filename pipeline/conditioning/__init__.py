@@ -6,9 +6,9 @@ an HTTP ingress that only validates uploads does not import them.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from pipeline._lazy import lazy_attributes
 from pipeline.conditioning.image import DEFAULT_MAX_PIXELS, load_image, portrait_tensor
 
 if TYPE_CHECKING:
@@ -16,16 +16,6 @@ if TYPE_CHECKING:
     from pipeline.conditioning.text import TextEncoder
     from pipeline.conditioning.tokenizer import build_tiny_tokenizer, load_tokenizer
     from pipeline.conditioning.vae import WanVAE, first_frame_mask, latent_frame_count
-
-_LAZY = {
-    "ClipImageEncoder": "pipeline.conditioning.clip",
-    "TextEncoder": "pipeline.conditioning.text",
-    "build_tiny_tokenizer": "pipeline.conditioning.tokenizer",
-    "load_tokenizer": "pipeline.conditioning.tokenizer",
-    "WanVAE": "pipeline.conditioning.vae",
-    "first_frame_mask": "pipeline.conditioning.vae",
-    "latent_frame_count": "pipeline.conditioning.vae",
-}
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -40,10 +30,15 @@ __all__ = [
     "portrait_tensor",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "ClipImageEncoder": "pipeline.conditioning.clip",
+        "TextEncoder": "pipeline.conditioning.text",
+        "build_tiny_tokenizer": "pipeline.conditioning.tokenizer",
+        "load_tokenizer": "pipeline.conditioning.tokenizer",
+        "WanVAE": "pipeline.conditioning.vae",
+        "first_frame_mask": "pipeline.conditioning.vae",
+        "latent_frame_count": "pipeline.conditioning.vae",
+    },
+)

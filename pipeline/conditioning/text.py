@@ -73,10 +73,6 @@ class TextEncoder:
     def dim(self) -> int:
         return self.model.config.d_model
 
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
-
     def cached_prompts(self) -> list[str]:
         """Cached prompts, least recently used first."""
         with self._lock:

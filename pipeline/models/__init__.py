@@ -5,21 +5,14 @@ The classes load on first use, so importing ``pipeline.models`` does not pull in
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pipeline._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from pipeline.models.audio_adapter import AudioProjModel
     from pipeline.models.audio_attention import AudioAttnProcessor, AudioCrossAttention
     from pipeline.models.transformer import InfiniteTalkTransformer3DModel, InfiniteTalkTransformerBlock
-
-_LAZY = {
-    "AudioProjModel": "pipeline.models.audio_adapter",
-    "AudioAttnProcessor": "pipeline.models.audio_attention",
-    "AudioCrossAttention": "pipeline.models.audio_attention",
-    "InfiniteTalkTransformer3DModel": "pipeline.models.transformer",
-    "InfiniteTalkTransformerBlock": "pipeline.models.transformer",
-}
 
 __all__ = [
     "AudioAttnProcessor",
@@ -29,10 +22,13 @@ __all__ = [
     "InfiniteTalkTransformerBlock",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "AudioProjModel": "pipeline.models.audio_adapter",
+        "AudioAttnProcessor": "pipeline.models.audio_attention",
+        "AudioCrossAttention": "pipeline.models.audio_attention",
+        "InfiniteTalkTransformer3DModel": "pipeline.models.transformer",
+        "InfiniteTalkTransformerBlock": "pipeline.models.transformer",
+    },
+)

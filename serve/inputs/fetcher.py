@@ -194,10 +194,6 @@ def blocked_reason(address: IPAddress) -> str | None:
     return None
 
 
-def is_public_address(address: IPAddress) -> bool:
-    return blocked_reason(address) is None
-
-
 def parse_numeric_host(host: str) -> IPAddress | None:
     """The address a numeric host means, in every spelling inet_aton accepts; ``None`` for a name.
 

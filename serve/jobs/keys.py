@@ -36,7 +36,6 @@ class Keys:
         self.draining = self.prefix + "draining"
         self.expiry = self.prefix + "expiry"
         self.uploads = self.prefix + "uploads"
-        self.upload_sizes = self.prefix + "upload-sizes"
 
     def metric_counter(self, name: str) -> str:
         return f"{self.prefix}metrics:counter:{name}"

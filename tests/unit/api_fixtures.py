@@ -41,12 +41,35 @@ MAX_AUDIO_BYTES = 1024 * 1024
 RETENTION_SECONDS = 3600
 URL_TTL_SECONDS = 600
 
+# The input's wire names, as the seed page spells them.
+ALIASES = [
+    "241_positive_prompt",
+    "284_image",
+    "125_audio",
+    "245_valuex246_value",
+    "270_value",
+    "128_seed",
+    "128_steps",
+    "128_shift",
+    "128_cfg",
+]
 # The body of the seed page's curl example, verbatim.
 SEED_BODY = {
     "241_positive_prompt": "a woman is talking and waving hands",
     "284_image": "Runcomfy_example_1278_1.png",
     "125_audio": "Runcomfy_example_1278_1.mp3",
 }
+# What that body gives: the seed page's documented defaults.
+SEED_SETTINGS = JobSettings(
+    prompt="a woman is talking and waving hands",
+    width=720,
+    height=720,
+    frames=125,
+    seed=96860978,
+    steps=7,
+    shift=11.0,
+    cfg=1.0,
+)
 
 
 class Clock:

@@ -17,13 +17,8 @@ from serve.metrics import STAGE_BUCKETS, MetricsRecorder
 
 
 @pytest.fixture
-def conn(redis_conn):
-    return redis_conn
-
-
-@pytest.fixture
-def stack(conn, tmp_path):
-    return build_stack(conn, tmp_path)
+def stack(redis_conn, tmp_path):
+    return build_stack(redis_conn, tmp_path)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -42,8 +37,8 @@ def scrape(http: TestClient) -> dict:
     return samples(response.text)
 
 
-def test_histogram_buckets_are_cumulative(conn) -> None:
-    recorder = MetricsRecorder(conn, "metricstest")
+def test_histogram_buckets_are_cumulative(redis_conn) -> None:
+    recorder = MetricsRecorder(redis_conn, "metricstest")
     for value in (0.03, 0.3, 700.0):
         recorder.observe("stage_duration_seconds", value, STAGE_BUCKETS, label="sampling")
     recorder.observe("stage_duration_seconds", 0.01, STAGE_BUCKETS, label="mux")
@@ -60,8 +55,8 @@ def test_histogram_buckets_are_cumulative(conn) -> None:
     assert values == sorted(values)
 
 
-def test_durations_and_namespaces(conn) -> None:
-    one, other = MetricsRecorder(conn, "ns-one"), MetricsRecorder(conn, "ns-two")
+def test_durations_and_namespaces(redis_conn) -> None:
+    one, other = MetricsRecorder(redis_conn, "ns-one"), MetricsRecorder(redis_conn, "ns-two")
     one.record_job_duration(12.0)
     _, total = one.histogram("job_duration_seconds", (10, 20))[""]
     assert total == 12.0
@@ -111,9 +106,9 @@ def test_metrics_follow_the_jobs(stack) -> None:
     assert not any(math.isnan(value) for value in after.values())
 
 
-def test_every_ingress_replica_reports_the_same_numbers(stack, conn, tmp_path) -> None:
+def test_every_ingress_replica_reports_the_same_numbers(stack, redis_conn, tmp_path) -> None:
     # Two separately built apps (two ingress replicas) on one Redis; each has its own registry and storage.
-    other = build_stack(conn, tmp_path / "replica-2", clock=stack.clock)
+    other = build_stack(redis_conn, tmp_path / "replica-2", clock=stack.clock)
     with (
         TestClient(stack.app(), raise_server_exceptions=False) as first,
         TestClient(other.app(), raise_server_exceptions=False) as second,
@@ -128,5 +123,5 @@ def test_every_ingress_replica_reports_the_same_numbers(stack, conn, tmp_path) -
         assert figures[("infinitetalk_queue_depth", ())] == 1
         assert figures[("infinitetalk_jobs_total", (("state", "completed"),))] == 1
         # Building another app adds no second collector to anything shared: the figures do not double.
-        third = TestClient(build_stack(conn, tmp_path / "replica-3").app())
+        third = TestClient(build_stack(redis_conn, tmp_path / "replica-3").app())
         assert samples(third.get("/metrics").text) == figures

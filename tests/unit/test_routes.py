@@ -17,11 +17,13 @@ import av
 import pytest
 import redis
 from api_fixtures import (
+    ALIASES,
     ALPHA,
     BETA,
     MAX_AUDIO_BYTES,
     RETENTION_SECONDS,
     SEED_BODY,
+    SEED_SETTINGS,
     URL_TTL_SECONDS,
     CrashingEngine,
     FailingEngine,
@@ -38,20 +40,15 @@ from fastapi.testclient import TestClient
 from pipeline.errors import AudioError
 from serve.api.routes import MODEL_PATH
 from serve.jobs.embedded_redis import EmbeddedRedis
-from serve.jobs.records import InputSource, JobSettings, JobStatus
+from serve.jobs.records import InputSource, JobStatus
 
 ASSETS = Path(__file__).resolve().parents[2] / "pipeline" / "assets"
 ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @pytest.fixture
-def conn(redis_conn):
-    return redis_conn
-
-
-@pytest.fixture
-def stack(conn, tmp_path):
-    return build_stack(conn, tmp_path)
+def stack(redis_conn, tmp_path):
+    return build_stack(redis_conn, tmp_path)
 
 
 def client_for(stack) -> TestClient:
@@ -122,16 +119,7 @@ def test_submit_the_seed_curl_body(http, stack) -> None:
 
     record = stack.store.get(request_id, "alpha")
     assert record is not None and record.status is JobStatus.IN_QUEUE
-    assert record.settings == JobSettings(
-        prompt="a woman is talking and waving hands",
-        width=720,
-        height=720,
-        frames=125,
-        seed=96860978,
-        steps=7,
-        shift=11.0,
-        cfg=1.0,
-    )
+    assert record.settings == SEED_SETTINGS
     # The example names resolved to the shipped assets, staged under this job, with their size and hash.
     portrait = (ASSETS / "portrait.png").read_bytes()
     image = record.inputs["image"]
@@ -150,8 +138,8 @@ def test_submit_urls_follow_the_request_host(http) -> None:
     assert body["cancel_url"].startswith("http://talk.example.org:8443/v1/requests/")
 
 
-def test_public_base_url_wins_over_the_request_host(conn, tmp_path) -> None:
-    stack = build_stack(conn, tmp_path, public_base_url="https://api.talk.example/")
+def test_public_base_url_wins_over_the_request_host(redis_conn, tmp_path) -> None:
+    stack = build_stack(redis_conn, tmp_path, public_base_url="https://api.talk.example/")
     with client_for(stack) as http:
         response = http.post(MODEL_PATH, json=SEED_BODY, headers={**ALPHA, "Host": "internal:8000"})
         assert response.status_code == 202
@@ -210,9 +198,9 @@ def test_queue_position_shifts_as_jobs_ahead_are_claimed_or_cancelled(http, stac
     assert "queue_position" not in status_of(http, ids[1])
 
 
-def test_in_progress_shows_progress_and_eta(conn, tmp_path) -> None:
+def test_in_progress_shows_progress_and_eta(redis_conn, tmp_path) -> None:
     # A short lease makes the heartbeat (every third of it) carry progress to the store quickly.
-    stack = build_stack(conn, tmp_path, lease_seconds=0.3)
+    stack = build_stack(redis_conn, tmp_path, lease_seconds=0.3)
     engine = SlowEngine(fraction=0.25, eta=30.0)
     with client_for(stack) as http:
         request_id = submit(http)["request_id"]
@@ -679,8 +667,8 @@ def test_idempotency_key_header_is_bounded(http) -> None:
 # -- back-pressure and outages -------------------------------------------------------------------------------
 
 
-def test_queue_full_is_429_with_retry_after(conn, tmp_path) -> None:
-    stack = build_stack(conn, tmp_path, max_queued=2)
+def test_queue_full_is_429_with_retry_after(redis_conn, tmp_path) -> None:
+    stack = build_stack(redis_conn, tmp_path, max_queued=2)
     with client_for(stack) as http:
         first = submit(http, headers={**ALPHA, "Idempotency-Key": "a"})
         submit(http)
@@ -695,9 +683,9 @@ def test_queue_full_is_429_with_retry_after(conn, tmp_path) -> None:
         submit(http)
 
 
-def test_a_tenant_over_its_queued_cap_gets_429_while_another_is_admitted(conn, tmp_path) -> None:
+def test_a_tenant_over_its_queued_cap_gets_429_while_another_is_admitted(redis_conn, tmp_path) -> None:
     """Defect: one tenant filling the queue got every other tenant 429s."""
-    stack = build_stack(conn, tmp_path, max_queued=50, queue={"tenant_max_queued": 2})
+    stack = build_stack(redis_conn, tmp_path, max_queued=50, queue={"tenant_max_queued": 2})
     with client_for(stack) as http:
         submit(http)
         submit(http)
@@ -800,18 +788,6 @@ def test_uploads_that_are_refused(http, stack) -> None:
 
 
 # -- documents and probes ------------------------------------------------------------------------------------
-
-ALIASES = [
-    "241_positive_prompt",
-    "284_image",
-    "125_audio",
-    "245_valuex246_value",
-    "270_value",
-    "128_seed",
-    "128_steps",
-    "128_shift",
-    "128_cfg",
-]
 
 
 def test_schema_endpoint_matches_the_seed_page(http) -> None:

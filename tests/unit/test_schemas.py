@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
+from api_fixtures import ALIASES, SEED_BODY, SEED_SETTINGS
 from pydantic import ValidationError
 
 from serve.api.schemas import (
@@ -21,17 +22,10 @@ from serve.api.schemas import (
     input_json_schema,
     output_json_schema,
 )
-from serve.jobs.records import JobSettings
-
-SEED_PAGE_DEFAULTS = {
-    "241_positive_prompt": "a woman is talking and waving hands",
-    "284_image": "Runcomfy_example_1278_1.png",
-    "125_audio": "Runcomfy_example_1278_1.mp3",
-}
 
 
 def _body(**overrides: object) -> dict[str, object]:
-    return {**SEED_PAGE_DEFAULTS, **overrides}
+    return {**SEED_BODY, **overrides}
 
 
 def _error_fields(body: dict[str, object]) -> dict[str, str]:
@@ -41,22 +35,13 @@ def _error_fields(body: dict[str, object]) -> dict[str, str]:
 
 
 def test_seed_page_example_gives_documented_defaults() -> None:
-    settings = SubmitRequest.model_validate(SEED_PAGE_DEFAULTS).to_settings()
-    assert settings == JobSettings(
-        prompt="a woman is talking and waving hands",
-        width=720,
-        height=720,
-        frames=125,
-        seed=96860978,
-        steps=7,
-        shift=11.0,
-        cfg=1.0,
-    )
+    settings = SubmitRequest.model_validate(SEED_BODY).to_settings()
+    assert settings == SEED_SETTINGS
     assert isinstance(settings.shift, float) and isinstance(settings.cfg, float)
 
 
 def test_job_settings_are_a_plain_frozen_dataclass() -> None:
-    settings = SubmitRequest.model_validate(SEED_PAGE_DEFAULTS).to_settings()
+    settings = SubmitRequest.model_validate(SEED_BODY).to_settings()
     assert dataclasses.is_dataclass(settings)
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.seed = 1  # type: ignore[misc]
@@ -188,17 +173,7 @@ def test_input_schema_matches_seed_page_shape() -> None:
     assert schema["title"] == "Input" and schema["type"] == "object"
     assert schema["required"] == ["241_positive_prompt", "284_image", "125_audio"]
     props = schema["properties"]
-    assert set(props) == {
-        "241_positive_prompt",
-        "284_image",
-        "125_audio",
-        "245_valuex246_value",
-        "270_value",
-        "128_seed",
-        "128_steps",
-        "128_shift",
-        "128_cfg",
-    }
+    assert set(props) == set(ALIASES)
     assert props["125_audio"]["default"] == "Runcomfy_example_1278_1.mp3"
     assert props["284_image"]["title"] == "Image"
     assert props["245_valuex246_value"]["title"] == "Resolution (W:H)"

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.streaming import MOTION_LATENT_FRAMES, chunk_count, covered_frames, latent_frames, plan_chunks
+from pipeline.streaming import chunk_count, covered_frames, latent_frames, plan_chunks
 
 
 @pytest.mark.parametrize(
@@ -24,7 +24,7 @@ def test_chunks_overlap_by_nine_motion_frames_and_cover_the_request():
 
 def test_latent_frame_counts():
     assert latent_frames(81) == 21
-    assert latent_frames(9) == MOTION_LATENT_FRAMES == 3
+    assert latent_frames(9) == 3
 
 
 def test_non_positive_frames_rejected():
