@@ -11,8 +11,9 @@ after its last test, before any other suite starts its own:
 * Serve's HTTP proxy on 127.0.0.1 at a free port, and the application of ``configs/local.yaml`` with its
   args and per-deployment options changed for the test (storage and tokens in the temporary directory: three
   tenants, one with a queued cap of its own; a 6 s lease and a 1 s maintenance period so a dead sampler's
-  job is retried within seconds, two Sampler replicas at ``num_gpus: 0.5`` under the autoscaling policy
-  that ``configs/gpu.yaml`` names).
+  job is retried within seconds, a 90 s maximum run time that only a hung job reaches, a health-check
+  timeout longer than the fault tests' SIGSTOP pauses, two Sampler replicas at ``num_gpus: 0.5`` under the
+  autoscaling policy that ``configs/gpu.yaml`` names).
 
 The app is deployed as a config, the way ``serve run configs/local.yaml`` deploys it: the Serve controller
 imports ``serve.app:build_app`` with the args and then applies the config's ``deployments:`` overrides,

@@ -37,6 +37,12 @@ SAMPLER_REPLICAS = 2
 SAMPLER_GPUS = 0.5
 LEASE_SECONDS = 6.0
 MAX_ATTEMPTS = 3
+# A run's time limit: three times the longest job the other tests run on a busy machine (about 30 s), so
+# only a hung job reaches it.
+MAX_RUN_SECONDS = 90.0
+# Serve replaces a replica whose health check has not answered for this long; its default (30 s) is shorter
+# than the fault tests' pauses (SIGSTOP), which would otherwise end in a replacement instead of a resume.
+HEALTH_CHECK_TIMEOUT_S = 180.0
 DEPLOY_TIMEOUT_S = 240.0
 HEAL_TIMEOUT_S = 180.0
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -185,6 +191,12 @@ class Stack:
         assert record is not None, f"no job record for {request_id}"
         return record
 
+    def replica_of(self, request_id: str) -> str:
+        """The id of the Sampler replica whose worker holds (or last held) the job's lease."""
+        owner = self.record(request_id).lease_owner
+        assert owner is not None, self.record(request_id)
+        return owner.split(":")[0]
+
     def output_files(self, request_id: str, tenant: str = TENANT) -> list[str]:
         """The storage key of every file under the job's output folder (each run writes its own
         ``{run}/video.mp4`` there), hidden temp files included: a job shows one object or none."""
@@ -231,6 +243,16 @@ class Stack:
         """SIGKILL the replica's process, as an OOM kill or a lost node would; returns ``time.time()``."""
         os.kill(replica.pid, signal.SIGKILL)
         return time.time()
+
+    @contextlib.contextmanager
+    def paused(self, replica: Replica) -> Iterator[float]:
+        """SIGSTOP the replica's process (a hung driver call, a VM or container frozen, a long GC pause)
+        for the block, which gets ``time.time()`` of the stop; SIGCONT at its end, whatever happens."""
+        os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            yield time.time()
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
 
     def wait_healthy(self, timeout_s: float = HEAL_TIMEOUT_S) -> None:
         """Every deployment at its target size and the API answering: the state a killed replica heals to."""
@@ -283,8 +305,11 @@ def app_document(redis_url: str, tmp: Path, tokens_file: Path) -> dict[str, Any]
         "max_attempts": MAX_ATTEMPTS,
         "maintenance_interval_seconds": 1.0,
         "drain_seconds": 5.0,
+        "max_run_seconds": MAX_RUN_SECONDS,
     }
     for deployment in app["deployments"]:
+        if deployment["name"] in ("Sampler", "AudioEncoder"):
+            deployment["health_check_timeout_s"] = HEALTH_CHECK_TIMEOUT_S
         if deployment["name"] == "Sampler":
             deployment.pop("num_replicas", None)
             deployment["ray_actor_options"] = {

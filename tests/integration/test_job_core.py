@@ -1,10 +1,8 @@
 """The job core through the real HTTP stack: cancelling a running job, and fair turns between tenants.
 
 Each test starts from an idle stack (no job queued or running, so both Sampler replicas are free), bounds
-every wait, and leaves every job it made terminal. A run's maximum run time (``queue.max_run_seconds``,
-error ``time_limit``) is not tested here: it is one setting for the whole stack, and no job the API accepts
-runs reliably longer on the tiny preset than the other tests' jobs do on a busy machine, so a limit between
-the two would make them flaky; tests/unit/test_runner.py and tests/unit/test_job_store.py cover it.
+every wait, and leaves every job it made terminal. The maximum run time and a stale run that wakes after
+its job was retried are fault tests: tests/integration/test_replica_faults.py.
 """
 
 from __future__ import annotations
@@ -34,12 +32,6 @@ CANCEL_TIMEOUT_S = 60.0
 JOB_TIMEOUT_S = 180.0
 
 
-def _replica_of(stack: Stack, request_id: str) -> str:
-    owner = stack.record(request_id).lease_owner
-    assert owner is not None, stack.record(request_id)
-    return owner.split(":")[0]
-
-
 def _cancel_all(stack: Stack, request_ids: list[str]) -> None:
     """Cancel whatever of ``request_ids`` has not ended, then wait until all of them are terminal."""
     for request_id in request_ids:
@@ -56,8 +48,8 @@ def test_a_running_job_is_cancelled_and_its_replica_takes_the_next(stack: Stack)
     busy = stack.submit(**LONGER, **{"128_seed": 12})  # holds the other replica
     for request_id in (victim, busy):
         stack.poll(request_id, lambda s: s["status"] == "in_progress", START_TIMEOUT_S, interval_s=0.1)
-    victim_replica = _replica_of(stack, victim)
-    assert {victim_replica, _replica_of(stack, busy)} == set(replicas), "one job per replica"
+    victim_replica = stack.replica_of(victim)
+    assert {victim_replica, stack.replica_of(busy)} == set(replicas), "one job per replica"
 
     cancelled_at = time.time()
     response = stack.cancel(victim)
@@ -89,7 +81,7 @@ def test_a_running_job_is_cancelled_and_its_replica_takes_the_next(stack: Stack)
     following = stack.submit(**FAST, **{"128_seed": 13})
     stack.poll(following, lambda s: s["status"] != "in_queue", START_TIMEOUT_S, interval_s=0.1)
     assert stack.status(busy)["status"] == "in_progress", "the other replica went idle too early"
-    assert _replica_of(stack, following) == victim_replica
+    assert stack.replica_of(following) == victim_replica
     assert stack.wait_terminal(following, JOB_TIMEOUT_S)["status"] == "completed"
     stack.assert_single_output(following)
     assert stack.wait_terminal(busy, JOB_TIMEOUT_S)["status"] == "completed"

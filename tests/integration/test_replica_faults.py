@@ -1,4 +1,5 @@
-"""Replicas killed with SIGKILL while jobs run: every accepted job still ends, once, and no status is lost.
+"""Replicas killed (SIGKILL) or frozen (SIGSTOP) while jobs run: every accepted job still ends, once, a
+frozen run that wakes up cannot change a finished job, and no status is lost.
 
 The ingress test runs last on purpose (this file sorts after test_jobs.py, and pytest keeps the order of the
 tests in a file): it compares the status of every job the earlier tests submitted.
@@ -8,17 +9,31 @@ Each test prints its timeline (run with ``-s`` to see it).
 from __future__ import annotations
 
 import time
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from serve.jobs.runner import run_token
 
-from .integration_stack import MAX_ATTEMPTS, TERMINAL, Observation, Stack, observe, timeline
+from .integration_stack import (
+    LEASE_SECONDS,
+    MAX_ATTEMPTS,
+    MAX_RUN_SECONDS,
+    TERMINAL,
+    Observation,
+    Stack,
+    observe,
+    timeline,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FAST = {"128_steps": 6}
+# About twice a FAST job: it keeps one replica busy while the test watches the other.
+LONGER = {"128_steps": 6, "270_value": 250}
 JOB_TIMEOUT_S = 300.0
+START_TIMEOUT_S = 60.0
 
 
 def _report(title: str, events: dict[str, float], history: list[Observation], since: float) -> str:
@@ -97,6 +112,109 @@ def test_killed_audio_encoder_job_still_completes(stack: Stack) -> None:
     assert 1 <= final["attempt"] <= MAX_ATTEMPTS
     stack.assert_single_output(request_id)
     assert replacement.pid != encoder.pid
+
+
+def _unsigned(result: dict[str, Any]) -> dict[str, Any]:
+    """A result with its output link's signature and expiry (fresh on every read) left out."""
+    video = urlsplit(result["output"]["video"])
+    return {**result, "output": {**result["output"], "video": video._replace(query="").geturl()}}
+
+
+def _only_it_takes_the_next_job(stack: Stack, replica_id: str, busy: str, seed: int) -> str:
+    """While job ``busy`` holds the other Sampler replica, a new job can only start on ``replica_id``, and
+    only once that replica's worker is free: submit one, and check it ran there; its request id."""
+    following = stack.submit(**FAST, **{"128_seed": seed})
+    stack.poll(following, lambda s: s["status"] != "in_queue", START_TIMEOUT_S, interval_s=0.1)
+    assert stack.status(busy)["status"] == "in_progress", "the other replica went idle too early"
+    assert stack.replica_of(following) == replica_id
+    assert stack.wait_terminal(following, JOB_TIMEOUT_S)["status"] == "completed"
+    stack.assert_single_output(following)
+    assert stack.wait_terminal(busy, JOB_TIMEOUT_S)["status"] == "completed"
+    return following
+
+
+def test_a_frozen_sampler_that_wakes_cannot_change_the_finished_job(stack: Stack) -> None:
+    stack.wait_idle()
+    request_id = stack.submit(**FAST, **{"128_seed": 71})
+    submitted_at = time.time()
+    history: list[Observation] = []
+    stack.poll(request_id, lambda s: s["status"] == "in_progress", START_TIMEOUT_S, history, interval_s=0.1)
+    time.sleep(2.0)  # generating, not claiming
+    owner = stack.record(request_id).lease_owner
+    assert owner is not None
+    (victim,) = [r for r in stack.replicas("Sampler") if owner.startswith(r.replica_id + ":")]
+
+    with stack.paused(victim) as paused_at:
+        time.sleep(0.5)  # a heartbeat already on the wire lands before we read the lease's end
+        events = {"frozen": paused_at, "lease expires": stack.record(request_id).lease_expires_at}
+        # The job's lease runs out while its worker is frozen; the other replica retries and completes it.
+        final = stack.wait_terminal(request_id, JOB_TIMEOUT_S, history=history, interval_s=0.25)
+        won = stack.record(request_id)
+        events |= {"retry claimed": won.started_at, final["status"]: won.finished_at}
+        assert final["status"] == "completed", final
+        assert won.attempt == 2 and won.started_at >= events["lease expires"], won
+        assert won.lease_owner != owner
+        winner_key = stack.assert_single_output(request_id)
+        before = _unsigned(stack.result(request_id))
+        # Hold the other replica, so the next job can only start on the frozen one once it wakes and its
+        # stale run has given up.
+        busy = stack.submit(**LONGER, **{"128_seed": 72})
+        stack.poll(busy, lambda s: s["status"] == "in_progress", START_TIMEOUT_S, interval_s=0.1)
+    events["woken"] = time.time()
+
+    following = _only_it_takes_the_next_job(stack, victim.replica_id, busy, seed=73)
+    events["its next job claimed"] = stack.record(following).started_at
+    print(_report(f"sampler {victim.replica_id} (pid {victim.pid}) frozen", events, history, submitted_at))
+
+    # The stale run ended without a trace: the job, its result and its one stored object are the winner's.
+    assert _unsigned(stack.result(request_id)) == before
+    assert stack.assert_single_output(request_id) == winner_key
+    assert run_token(owner) not in winner_key.split("/")
+    assert stack.record(request_id).attempt == 2
+    assert victim.pid in {r.pid for r in stack.replicas("Sampler")}, "the frozen replica was replaced"
+
+
+def test_a_hung_job_is_ended_by_the_time_limit(stack: Stack) -> None:
+    stack.wait_idle()
+    (encoder,) = stack.replicas("AudioEncoder")
+    history: list[Observation] = []
+    with stack.paused(encoder) as frozen_at:
+        # The job's sampler waits on the frozen encoder (a hung call) while its heartbeat keeps the lease.
+        request_id = stack.submit(**FAST, **{"128_seed": 81})
+        stack.poll(request_id, lambda s: s["status"] == "in_progress", START_TIMEOUT_S, history, 0.1)
+        hung = stack.record(request_id)
+        hung_replica = stack.replica_of(request_id)
+        assert hung.started_at is not None
+        final = stack.wait_terminal(request_id, MAX_RUN_SECONDS + 60.0, history=history, interval_s=0.5)
+        ended = stack.record(request_id)
+        # Hold the other replica, so the next job can only start on the hung one once its call returns.
+        busy = stack.submit(**LONGER, **{"128_seed": 82})
+        stack.poll(busy, lambda s: s["status"] == "in_progress", START_TIMEOUT_S, interval_s=0.1)
+        assert stack.replica_of(busy) != hung_replica
+    events = {
+        "encoder frozen": frozen_at,
+        "claimed": hung.started_at,
+        "run deadline": hung.started_at + MAX_RUN_SECONDS,
+        final["status"]: ended.finished_at,
+        "encoder woken": time.time(),
+    }
+
+    assert final["status"] == "failed" and final["error"]["code"] == "time_limit", final
+    assert f"{MAX_RUN_SECONDS:g} s" in final["error"]["message"], final
+    assert {o.attempt for o in history} == {1}, "the hung run held its lease to the end: no retry"
+    # Ended by the maintenance loop within a period (1 s) and a heartbeat (a third of the lease) of its
+    # deadline; the slack is for a busy machine.
+    assert ended.finished_at is not None
+    overrun = ended.finished_at - (hung.started_at + MAX_RUN_SECONDS)
+    assert -0.5 <= overrun <= LEASE_SECONDS, events
+    assert ended.output_key is None and stack.output_files(request_id) == []
+
+    # Woken, the hung run sees its job has ended and stops without output; its replica runs the next job.
+    following = _only_it_takes_the_next_job(stack, hung_replica, busy, seed=83)
+    events["its next job claimed"] = stack.record(following).started_at
+    print(_report("audio encoder frozen, job hung", events, history, frozen_at))
+    assert stack.status(request_id) == final
+    assert stack.output_files(request_id) == []
 
 
 def test_restarted_ingress_keeps_every_job_status(stack: Stack) -> None:
