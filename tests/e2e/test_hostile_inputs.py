@@ -19,9 +19,11 @@ import http.server
 import ipaddress
 import socket
 import ssl
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +140,15 @@ def _huge_stream() -> Iterator[bytes]:
 
 
 UNKNOWN_FILE = "file_" + "0123456789abcdef" * 2
+# Percent-encoding takes three characters a byte: the most that fits a body at the limit (under the cap).
+PERCENT_ENCODED_BYTES = (BODY_LIMIT - 64 * 1024) // 3
+
+
+def _percent_encoded_audio(size: int) -> str:
+    """A ``data:`` URI with every byte percent-escaped: the slowest payload to decode that fits the body."""
+    return "data:audio/mpeg," + "%49%44%33" + "%00" * (size - 3)
+
+
 LOCAL_URLS = {
     "loopback": "https://127.0.0.1:1/portrait.png",
     "loopback-short-form": "https://127.1:1/portrait.png",
@@ -270,6 +281,13 @@ CASES: list[Hostile] = [
         lambda: media.data_uri(b"ID3" + b"\x00" * MAX_AUDIO_BYTES, "audio/mpeg"),
     ),
     upload_case("upload-over-cap", 413, "payload_too_large", lambda: b"\x00" * (MAX_AUDIO_BYTES + 1)),
+    media_case(
+        "audio-percent-encoded-data-uri-at-body-limit",
+        422,
+        "invalid_audio",
+        "audio",
+        lambda: _percent_encoded_audio(PERCENT_ENCODED_BYTES),
+    ),
     # -- tokens ---------------------------------------------------------------------------------------------
     Hostile("auth-missing", 401, "unauthorized", body=body_with(), authorization=None),
     Hostile("auth-basic-scheme", 401, "unauthorized", body=body_with(), authorization="Basic dXNlcjpwYXNz"),
@@ -724,6 +742,77 @@ def test_guard_caps_size_and_time(
 
 def test_no_hostile_request_created_a_job(api: ApiClient, jobs_before: float) -> None:
     assert api.metric("infinitetalk_jobs_submitted_total") == jobs_before
+
+
+LARGE_BODY_CASES = (
+    "body-over-limit-declared",
+    "body-over-limit-streamed",
+    "image-data-uri-over-cap",
+    "audio-data-uri-over-cap",
+    "upload-over-cap",
+    "audio-percent-encoded-data-uri-at-body-limit",
+    "prompt-one-megabyte",
+)
+LARGE_BODY_ROUNDS = 10  # about 7 s of sending on an idle 2-core machine: 150+ polls
+LARGE_BODY_SENDERS = 2
+POLL_INTERVAL_S = 0.01
+# The issue's bound for status polls while large bodies arrive; measured p99 is reported by the test.
+POLL_P99_LIMIT_S = 1.0
+
+
+def test_status_polls_keep_answering_while_large_bodies_arrive(stack, api: ApiClient) -> None:
+    """Large hostile bodies (at and over every size limit, the slowest data: URI to decode) sent two at a
+    time while a client polls a job's status: every poll answers, p99 under a second."""
+    request_id = api.submit_accepted(job_body())
+    api.cancel(request_id)
+    cases = [case for case in CASES if case.id in LARGE_BODY_CASES] * LARGE_BODY_ROUNDS
+    assert len(cases) == len(LARGE_BODY_CASES) * LARGE_BODY_ROUNDS
+
+    latencies: list[float] = []
+    poll_failures: list[str] = []
+    sending = threading.Event()
+    sending.set()
+
+    def poll() -> None:
+        with httpx.Client(base_url=stack.base_url, headers={"Authorization": BEARER}, timeout=30.0) as client:
+            while sending.is_set():
+                started = time.perf_counter()
+                response = client.get(f"/v1/requests/{request_id}/status")
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200:
+                    poll_failures.append(f"{response.status_code}: {response.text[:200]}")
+                time.sleep(POLL_INTERVAL_S)
+
+    def send(case: Hostile) -> tuple[int, float]:
+        request = case.request()
+        with httpx.Client(base_url=stack.base_url, timeout=120.0) as client:
+            started = time.perf_counter()
+            response = client.request(**request)
+            return response.status_code, time.perf_counter() - started
+
+    poller = threading.Thread(target=poll, name="status-poller")
+    poller.start()
+    sent_at = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(max_workers=LARGE_BODY_SENDERS) as senders:
+            answers = list(senders.map(send, cases))
+    finally:
+        sending.clear()
+        poller.join(timeout=60.0)
+    sending_s = time.perf_counter() - sent_at
+
+    assert [status for status, _ in answers] == [case.status for case in cases]
+    assert not poll_failures, poll_failures[:5]
+    p50, p99 = (statistics.quantiles(latencies, n=100, method="inclusive")[i] for i in (49, 98))
+    slowest: dict[str, float] = {}
+    for case, (_, seconds) in zip(cases, answers, strict=True):
+        slowest[case.id] = max(slowest.get(case.id, 0.0), round(seconds, 2))
+    print(
+        f"\n{len(cases)} large bodies in {sending_s:.1f}s ({slowest}); {len(latencies)} status polls: "
+        f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+    )
+    assert len(latencies) >= 100, "too few polls to speak of a p99"
+    assert p99 < POLL_P99_LIMIT_S
 
 
 def test_server_still_serves_a_normal_job(idle_stack, api: ApiClient, other_api: ApiClient) -> None:
