@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.audio import decode_audio
+from pipeline.audio import SAMPLE_RATE, decode_audio
 from pipeline.components import LoraSpec, load_components
 from pipeline.conditioning import load_image
 from pipeline.errors import InputError, PipelineError
@@ -19,6 +19,7 @@ from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
 from pipeline.presets import NEGATIVE_PROMPT, PRESETS, Fp8Mode
 from pipeline.progress import Progress
 from pipeline.sizes import parse_size
+from pipeline.streaming import DEFAULT_MAX_SPEECH_FRAMES, speech_frame_count
 
 logger = logging.getLogger("pipeline")
 
@@ -43,6 +44,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def frame_count(text: str) -> int | None:
+    """argparse type: ``auto`` (None: as long as the speech) or a frame count ≥ 1."""
+    return None if text == "auto" else positive_int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -52,10 +58,29 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", default="a person is talking", help="what the video shows")
     gen.add_argument("--negative-prompt", default=NEGATIVE_PROMPT)
     gen.add_argument("--size", default="720x720", help="output WIDTHxHEIGHT (default 720x720)")
-    gen.add_argument("--frames", type=int, default=125, help="output frames at 25 fps (default 125 = 5 s)")
+    gen.add_argument(
+        "--frames",
+        type=frame_count,
+        default=125,
+        help="output frames at 25 fps (default 125 = 5 s), or 'auto': as long as the speech, at most "
+        "--max-frames",
+    )
+    gen.add_argument(
+        "--max-frames",
+        type=positive_int,
+        default=DEFAULT_MAX_SPEECH_FRAMES,
+        help=f"with --frames auto, the longest video (default {DEFAULT_MAX_SPEECH_FRAMES} = 40 s)",
+    )
     gen.add_argument("--steps", type=int, default=7)
     gen.add_argument("--shift", type=float, default=11.0)
-    gen.add_argument("--cfg", type=float, default=1.0, help="guidance scale; 1 = one model pass per step")
+    gen.add_argument("--cfg", type=float, default=1.0, help="text guidance scale; 1 = no pass of its own")
+    gen.add_argument(
+        "--audio-cfg",
+        type=float,
+        default=1.0,
+        help="audio guidance scale; 1 = no pass of its own (the reference suggests 2 with the lightx2v "
+        "LoRA, 4 without); with --cfg also not 1, three passes per step",
+    )
     gen.add_argument("--seed", type=int, default=96860978)
     gen.add_argument("--color-correction", type=float, default=1.0, help="0 disables, 1 = full strength")
     gen.add_argument("--out", required=True, type=Path, help="output .mp4 path")
@@ -108,6 +133,11 @@ def generate(args: argparse.Namespace) -> Path:
     loras = [parse_lora(text) for text in args.lora]
     image = load_image(args.image)
     speech = decode_audio(args.audio)
+    frames = args.frames
+    if frames is None:
+        frames = speech_frame_count(speech.size / SAMPLE_RATE, args.max_frames)
+        if frames < 1:
+            raise InputError(f"{args.audio}: the speech is shorter than one video frame (40 ms)")
     preset = args.preset or ("infinitetalk-14b" if args.weights else "tiny")
     started = time.perf_counter()
     components = load_components(
@@ -131,10 +161,11 @@ def generate(args: argparse.Namespace) -> Path:
         negative_prompt=args.negative_prompt,
         width=width,
         height=height,
-        frames=args.frames,
+        frames=frames,
         steps=args.steps,
         shift=args.shift,
         cfg=args.cfg,
+        audio_cfg=args.audio_cfg,
         seed=args.seed,
         color_correction=args.color_correction,
     )
@@ -151,7 +182,7 @@ def generate(args: argparse.Namespace) -> Path:
         output = pipe.generate_to_file(request, args.out, progress=on_progress)
     timings = {"load": load_seconds, **output.timings}
     summary = ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in timings.items())
-    print(f"wrote {args.out} ({args.frames} frames, {width}x{height}) — {summary}", file=sys.stderr)
+    print(f"wrote {args.out} ({frames} frames, {width}x{height}) — {summary}", file=sys.stderr)
     return args.out
 
 

@@ -26,10 +26,11 @@ from pipeline.components import Components
 from pipeline.conditioning import portrait_tensor
 from pipeline.conditioning.vae import WanVAE
 from pipeline.errors import InputError, SizeError
+from pipeline.guidance import Guidance
 from pipeline.models.transformer import InfiniteTalkTransformer3DModel
 from pipeline.presets import NEGATIVE_PROMPT
 from pipeline.progress import ProgressCallback, ProgressTracker, Work
-from pipeline.schedule import apply_guidance, euler_step, flow_matching_sigmas, model_timestep
+from pipeline.schedule import euler_step, flow_matching_sigmas, model_timestep
 from pipeline.streaming import (
     CHUNK_FRAMES,
     FPS,
@@ -62,6 +63,7 @@ class GenerationRequest:
     steps: int = 7
     shift: float = 11.0
     cfg: float = 1.0
+    audio_cfg: float = 1.0
     seed: int = 96860978
     negative_prompt: str = NEGATIVE_PROMPT
     color_correction: float = 1.0
@@ -185,8 +187,9 @@ class InfiniteTalkPipeline:
             raise InputError(f"steps must be at least 1, got {request.steps}")
         if request.shift <= 0:
             raise InputError(f"shift must be positive, got {request.shift}")
-        if request.cfg <= 0:
-            raise InputError(f"cfg must be positive, got {request.cfg}")
+        for name in ("cfg", "audio_cfg"):
+            if not getattr(request, name) > 0:
+                raise InputError(f"{name} must be positive, got {getattr(request, name)}")
         if request.speech.ndim != 1 or request.speech.size == 0:
             raise InputError("speech must be a non-empty mono waveform")
 
@@ -227,11 +230,16 @@ class InfiniteTalkPipeline:
             audio = pad_embeddings_to(audio_embeddings.float(), covered_frames(request.frames))
             audio_windows = window_audio_embeddings(audio).to(self.device, self.dtype)
 
-        # 2. Prompt (and the negative prompt when guidance needs a second pass) → umT5 embeddings (cached).
-        guided = request.cfg != 1.0
+        # 2. Prompt (and the negative prompt when a guidance pass drops the text) → umT5 embeddings (cached),
+        # one row per pass of a step.
+        guidance = Guidance(text=request.cfg, audio=request.audio_cfg)
+        passes = guidance.passes
         with timer("text_encode"):
-            prompts = [request.prompt, request.negative_prompt] if guided else [request.prompt]
-            text = parts.text_encoder.encode(prompts).to(self.dtype)
+            prompts = [request.prompt]
+            if guidance.needs_negative_prompt:
+                prompts.append(request.negative_prompt)
+            encoded = parts.text_encoder.encode(prompts).to(self.dtype)
+            text = encoded[[1 if condition.negative_prompt else 0 for condition in passes]]
 
         # 3. Portrait → pixels at the working size, CLIP tokens, the 20-channel ``y`` and its clean latent.
         with timer("image_encode"):
@@ -241,7 +249,7 @@ class InfiniteTalkPipeline:
             first_latent = y[:, -parts.latent_channels :, :1]
 
         # 4. Chunk by chunk: denoise, decode, re-encode the last 9 frames as the next chunk's motion frames.
-        batch = len(prompts)
+        batch = len(passes)
         clip_batch = clip_tokens.expand(batch, -1, -1)
         y_batch = y.expand(batch, -1, -1, -1, -1)
         sigmas = flow_matching_sigmas(request.steps, request.shift)
@@ -263,9 +271,9 @@ class InfiniteTalkPipeline:
                 latent = noise.to(self.device, self.dtype)
                 clean_frames = clean.shape[2]
                 latent[:, :, :clean_frames] = clean
-                chunk_audio = (
-                    audio_windows[chunk.start : chunk.end].unsqueeze(0).expand(batch, -1, -1, -1, -1)
-                )
+                speech = audio_windows[chunk.start : chunk.end].unsqueeze(0)
+                silence = torch.zeros_like(speech)
+                chunk_audio = torch.cat([silence if c.silent else speech for c in passes])
                 for step in range(request.steps):
                     sigma, sigma_next = sigmas[step], sigmas[step + 1]
                     model_input = torch.cat([latent.expand(batch, -1, -1, -1, -1), y_batch], dim=1)
@@ -279,7 +287,7 @@ class InfiniteTalkPipeline:
                         encoder_hidden_states_image=clip_batch,
                         audio_embeds=chunk_audio,
                     )
-                    latent = euler_step(latent, apply_guidance(velocity, request.cfg), sigma, sigma_next)
+                    latent = euler_step(latent, guidance.combine(velocity), sigma, sigma_next)
                     latent[:, :, :clean_frames] = clean
                     # A pass is seconds long on a GPU; waiting for it costs nothing and keeps progress true.
                     synchronize(self.device)

@@ -34,11 +34,3 @@ def model_timestep(sigma: float) -> float:
 def euler_step(latent: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
     """``x ← x + (σ_{i+1} − σ_i)·v`` for ``x_t = (1−t)·x0 + t·ε`` and ``v = ε − x0``; accumulates in fp32."""
     return (latent.float() + (sigma_next - sigma) * velocity.float()).to(latent.dtype)
-
-
-def apply_guidance(velocity: torch.Tensor, cfg: float) -> torch.Tensor:
-    """Combine a ``[cond, negative]`` batch as ``v_neg + cfg·(v_cond − v_neg)``; a batch of 1 is cond only."""
-    if velocity.shape[0] == 1:
-        return velocity
-    cond, negative = velocity.chunk(2)
-    return negative + cfg * (cond - negative)

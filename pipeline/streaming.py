@@ -13,6 +13,16 @@ VAE_SPATIAL_STRIDE = 8
 PATCH_SPATIAL = 2
 
 
+# The reference's longest streamed video (``max_frame_num``): 40 s.
+DEFAULT_MAX_SPEECH_FRAMES = 1000
+
+
+def speech_frame_count(seconds: float, max_frames: int = DEFAULT_MAX_SPEECH_FRAMES) -> int:
+    """The frames of a video as long as a speech, as the reference counts them: the whole frames at 25 fps
+    the speech covers (``int(seconds × 25)``), at most ``max_frames`` (a longer speech is cut there)."""
+    return min(int(seconds * FPS), max_frames)
+
+
 def latent_frames(video_frames: int) -> int:
     """Latent frames for a clip: the first frame alone, then one per 4 frames (81 → 21, 9 → 3)."""
     return 1 + (video_frames - 1) // VAE_TEMPORAL_STRIDE

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipeline.errors import SizeError
 from pipeline.presets import PRESETS, AttentionKernel, Fp8Mode
 from pipeline.sizes import parse_size
+from pipeline.streaming import DEFAULT_MAX_SPEECH_FRAMES
 from serve.jobs.operations import QueuePolicy
 
 
@@ -191,6 +192,11 @@ class FetchConfig(_Strict):
     timeout_seconds: float = Field(30.0, gt=0, description="total time for one input download")
     max_redirects: int = Field(5, ge=0)
     max_audio_seconds: float = Field(600.0, gt=0, description="longer speech is refused at submit")
+    max_speech_frames: int = Field(
+        DEFAULT_MAX_SPEECH_FRAMES,
+        ge=1,
+        description="with match_audio_length, the longest video in frames at 25 fps (speech is cut there)",
+    )
     allow_http_and_private: bool = Field(False, description="development only: http:// and private hosts")
     max_concurrent_decodes: int = Field(
         4, ge=1, description="inputs an ingress replica decodes and checks at once (the rest wait)"

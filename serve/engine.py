@@ -56,6 +56,7 @@ class PipelineEngine:
             steps=settings.steps,
             shift=settings.shift,
             cfg=settings.cfg,
+            audio_cfg=settings.audio_cfg,
             seed=settings.seed,
         )
         self._pipeline.check_inputs(request)
@@ -81,6 +82,7 @@ class PipelineEngine:
             "steps": request.steps,
             "shift": request.shift,
             "cfg": request.cfg,
+            "audio_cfg": request.audio_cfg,
             "frames": request.frames,
             "chunks": chunk_count(request.frames),
             "output_size": f"{request.width}x{request.height}",

@@ -12,6 +12,9 @@ SEED = "128_seed"
 STEPS = "128_steps"
 SHIFT = "128_shift"
 CFG = "128_cfg"
+# Extensions of the seed's fields (plain names, as the later endpoints' fields are).
+AUDIO_CFG = "audio_cfg"
+MATCH_AUDIO_LENGTH = "match_audio_length"
 
 EXAMPLE_IMAGE = "Runcomfy_example_1278_1.png"
 EXAMPLE_AUDIO = "Runcomfy_example_1278_1.mp3"

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from pipeline.streaming import speech_frame_count
 from serve.api.schemas import SubmitRequest
 from serve.inputs.errors import InputRejected
 from serve.inputs.probe import probe_any_media, probe_audio, probe_image
@@ -63,6 +64,7 @@ class JobService:
         resolver: InputResolver,
         *,
         max_audio_seconds: float,
+        max_speech_frames: int,
         url_ttl_seconds: int,
         max_concurrent_decodes: int,
     ) -> None:
@@ -70,6 +72,7 @@ class JobService:
         self._storage = storage
         self._resolver = resolver
         self._max_audio_seconds = max_audio_seconds
+        self._max_speech_frames = max_speech_frames
         self._url_ttl = url_ttl_seconds
         self._decode_slots = anyio.CapacityLimiter(max_concurrent_decodes)
 
@@ -99,14 +102,17 @@ class JobService:
                 tenant, {InputKind.IMAGE: request.image, InputKind.AUDIO: request.audio}
             )
             async with self._decode_slots:
-                inputs = await anyio.to_thread.run_sync(self._stage, tenant, request_id, pending)
+                inputs, speech_seconds = await anyio.to_thread.run_sync(
+                    self._stage, tenant, request_id, pending, request.match_audio_length
+                )
         except InputRejected as refused:
             await self._store.count(FETCH_FAILURES, refused.code)
             raise
+        speech_frames = speech_frame_count(speech_seconds, self._max_speech_frames)
         record = JobRecord(
             request_id=request_id,
             tenant=tenant,
-            settings=request.to_settings(),
+            settings=request.to_settings(speech_frames),
             inputs=inputs,
             timings={"submit_inputs": time.perf_counter() - started},
         )
@@ -131,23 +137,38 @@ class JobService:
         return resolved
 
     def _stage(
-        self, tenant: str, request_id: str, pending: dict[InputKind, PendingInput]
-    ) -> dict[str, StagedInput]:
-        """In a worker thread: each input's bytes loaded, probed as media, hashed and stored."""
+        self,
+        tenant: str,
+        request_id: str,
+        pending: dict[InputKind, PendingInput],
+        needs_whole_frames: bool,
+    ) -> tuple[dict[str, StagedInput], float]:
+        """In a worker thread: each input's bytes loaded, probed as media, hashed and stored; with the
+        speech's duration. ``needs_whole_frames``: a speech shorter than one video frame is refused."""
         checked: dict[str, tuple[bytes, PendingInput]] = {}
+        speech_seconds = 0.0
         for kind, item in pending.items():
             data = item.load()
             if kind is InputKind.IMAGE:
                 probe_image(data, field=item.field)
             else:
-                probe_audio(data, field=item.field, max_seconds=self._max_audio_seconds)
+                speech_seconds = probe_audio(
+                    data, field=item.field, max_seconds=self._max_audio_seconds
+                ).duration_seconds
+                if needs_whole_frames and speech_frame_count(speech_seconds) < 1:
+                    raise InputRejected(
+                        item.field,
+                        f"the speech lasts {speech_seconds:.3f} s, less than one video frame (0.04 s), "
+                        "so no video can match its length",
+                        code="invalid_audio",
+                    )
             checked[kind.value] = (data, item)
         staged = {}
         for role, (data, item) in checked.items():
             key = input_key(tenant, request_id, role)
             self._storage.put_bytes(key, data, "application/octet-stream")
             staged[role] = StagedInput(key, hashlib.sha256(data).hexdigest(), len(data), item.source)
-        return staged
+        return staged, speech_seconds
 
     def _unstage(self, inputs: dict[str, StagedInput]) -> None:
         for staged in inputs.values():

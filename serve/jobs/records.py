@@ -73,6 +73,7 @@ class JobSettings:
     steps: int
     shift: float
     cfg: float
+    audio_cfg: float = 1.0  # absent from records written before audio guidance existed
 
 
 class InputSource(StrEnum):

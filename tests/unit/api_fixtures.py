@@ -53,6 +53,8 @@ ALIASES = [
     "128_shift",
     "128_cfg",
 ]
+# Fields of the seed endpoint beyond the seed page's (documented as extensions).
+EXTENSIONS = ["audio_cfg", "match_audio_length"]
 # The body of the seed page's curl example, verbatim.
 SEED_BODY = {
     "241_positive_prompt": "a woman is talking and waving hands",
@@ -283,6 +285,7 @@ def build_stack(
     max_attempts: int = 3,
     public_base_url: str | None = None,
     queue: Mapping[str, Any] | None = None,
+    fetch: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     tokens_file: Path | None = None,
 ) -> Stack:
@@ -300,7 +303,10 @@ def build_stack(
             **dict(queue or {}),
         ),
         fetch=FetchConfig(
-            max_image_bytes=MAX_IMAGE_BYTES, max_audio_bytes=MAX_AUDIO_BYTES, max_audio_seconds=60
+            max_image_bytes=MAX_IMAGE_BYTES,
+            max_audio_bytes=MAX_AUDIO_BYTES,
+            max_audio_seconds=60,
+            **dict(fetch or {}),
         ),
         public_base_url=public_base_url,
         **dict(overrides or {}),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import wave
 
+import av
+import numpy as np
 import pytest
 
 from pipeline.cli import main, parse_lora
@@ -141,3 +143,44 @@ def test_fast_path_options_parse():
     )
     # Exact kernels only by default; compiling pays off over a server's jobs, fp8 is lossy: both asked for.
     assert (defaults.attention, defaults.compile, defaults.fp8) == ("auto", False, "off")
+
+
+def _write_wav(path, seconds: float) -> None:
+    samples = (0.3 * np.sin(np.linspace(0, 440 * 2 * np.pi * seconds, int(16000 * seconds)))) * 32767
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(16000)
+        handle.writeframes(samples.astype("<i2").tobytes())
+
+
+def test_frames_auto_with_speech_shorter_than_a_frame_is_refused(capsys, tmp_path, assets):
+    _write_wav(tmp_path / "blip.wav", 0.03)
+    args = ["--image", str(assets / "portrait.png"), "--audio", str(tmp_path / "blip.wav")]
+    code, err = _run(capsys, *args, "--out", str(tmp_path / "o.mp4"), "--frames", "auto")
+    assert code == 2 and "blip.wav" in err and "shorter than one video frame" in err
+    assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "auto5", "many"])
+def test_bad_frame_counts_are_refused_by_the_parser(capsys, value):
+    with pytest.raises(SystemExit) as exited:
+        main(["generate", "--image", "a.png", "--audio", "a.wav", "--out", "o.mp4", "--frames", value])
+    assert exited.value.code == 2 and "--frames" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_frames_auto_makes_the_video_as_long_as_the_speech(capsys, tmp_path, assets):
+    _write_wav(tmp_path / "speech.wav", 1.3)  # 32.5 frames: the reference keeps the 32 whole ones
+    out = tmp_path / "auto.mp4"
+    args = ["--image", str(assets / "portrait.png"), "--audio", str(tmp_path / "speech.wav")]
+    options = ["--frames", "auto", "--size", "64x64", "--steps", "1", "--audio-cfg", "2"]
+    code, err = _run(capsys, *args, "--out", str(out), *options)
+    assert code == 0, err
+    assert "(32 frames, 64x64)" in err
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 32
+    with av.open(str(out)) as container:
+        stream = container.streams.audio[0]
+        seconds = sum(f.samples for f in container.decode(audio=0)) / stream.codec_context.sample_rate
+    assert abs(seconds - 32 / 25) < 0.07  # AAC pads to its 1024-sample frames

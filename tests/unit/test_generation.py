@@ -129,6 +129,47 @@ def test_guidance_batches_cond_and_negative_only_when_cfg_is_not_one(
 
 
 @pytest.mark.slow
+def test_audio_guidance_passes_see_silence_and_the_negative_prompt_as_the_reference_does(
+    tiny_pipeline, tiny_components, portrait, speech
+):
+    seen: list[dict[str, torch.Tensor]] = []
+    hook = tiny_components.transformer.register_forward_pre_hook(
+        lambda _m, _a, kwargs: seen.append({k: v.clone() for k, v in kwargs.items()}), with_kwargs=True
+    )
+    encoder = tiny_components.text_encoder
+    try:
+        tiny_pipeline.generate(
+            _request(portrait, speech, width=256, height=256, frames=81, steps=1, cfg=1.0, audio_cfg=2.0)
+        )
+        audio_only = seen.pop()
+        tiny_pipeline.generate(
+            _request(portrait, speech, width=256, height=256, frames=81, steps=1, cfg=1.5, audio_cfg=2.0)
+        )
+        both = seen.pop()
+    finally:
+        hook.remove()
+    prompt, negative = encoder.encode(["a woman is talking", tiny_pipeline_negative_prompt()])
+
+    # Audio only: (prompt, speech) and (prompt, silence).
+    assert audio_only["hidden_states"].shape[0] == 2
+    assert torch.equal(audio_only["encoder_hidden_states"][0], prompt)
+    assert torch.equal(audio_only["encoder_hidden_states"][1], prompt)
+    assert audio_only["audio_embeds"][0].abs().sum() > 0 and not audio_only["audio_embeds"][1].any()
+    # Both: (prompt, speech), (negative, speech), (negative, silence); latents the same in every pass.
+    assert both["hidden_states"].shape[0] == 3
+    texts = both["encoder_hidden_states"]
+    assert torch.equal(texts[0], prompt)
+    assert torch.equal(texts[1], negative) and torch.equal(texts[2], negative)
+    audio = both["audio_embeds"]
+    assert torch.equal(audio[0], audio[1]) and not audio[2].any()
+    assert torch.equal(both["hidden_states"][0], both["hidden_states"][2])
+
+
+def tiny_pipeline_negative_prompt() -> str:
+    return GenerationRequest.__dataclass_fields__["negative_prompt"].default
+
+
+@pytest.mark.slow
 def test_guidance_one_pass_at_a_time_gives_the_batched_result(tiny_components, portrait, speech):
     request = _request(portrait, speech, width=256, height=256, frames=81, cfg=1.5)
     batched = InfiniteTalkPipeline(tiny_components).generate(request)

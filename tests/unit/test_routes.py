@@ -20,6 +20,7 @@ from api_fixtures import (
     ALIASES,
     ALPHA,
     BETA,
+    EXTENSIONS,
     MAX_AUDIO_BYTES,
     RETENTION_SECONDS,
     SEED_BODY,
@@ -176,6 +177,34 @@ def test_submit_accepts_every_field_and_data_uris(http, stack) -> None:
     assert stack.storage.get_bytes(record.inputs["image"].key) == image
     assert stack.storage.get_bytes(record.inputs["audio"].key) == audio
     assert record.inputs["image"].source is InputSource.DATA
+
+
+def test_match_audio_length_makes_the_job_as_long_as_the_speech(http, stack) -> None:
+    speech = data_uri(wav_bytes(2.5), "audio/wav")
+    body = {"125_audio": speech, "match_audio_length": True, "audio_cfg": 2}
+    request_id = submit(http, **body)["request_id"]
+    settings = stack.store.get(request_id).settings
+    assert (settings.frames, settings.audio_cfg) == (62, 2.0)  # 62.5 frames: the whole ones
+    # Left off, the seed's frame count stands.
+    plain = submit(http, **{"125_audio": speech})["request_id"]
+    assert stack.store.get(plain).settings.frames == 125
+
+
+def test_match_audio_length_stops_at_the_servers_cap(redis_conn, tmp_path) -> None:
+    stack = build_stack(redis_conn, tmp_path, fetch={"max_speech_frames": 40})
+    with client_for(stack) as client:
+        body = {"125_audio": data_uri(wav_bytes(2.5), "audio/wav"), "match_audio_length": True}
+        request_id = submit(client, **body)["request_id"]
+    assert stack.store.get(request_id).settings.frames == 40
+
+
+def test_match_audio_length_refuses_speech_shorter_than_a_frame(http, stack) -> None:
+    body = {**SEED_BODY, "125_audio": data_uri(wav_bytes(0.03), "audio/wav"), "match_audio_length": True}
+    error = error_of(http.post(MODEL_PATH, json=body, headers=ALPHA), 422)
+    assert error["code"] == "invalid_audio" and fields_named(error) == {"125_audio"}
+    assert "less than one video frame" in error["message"]
+    assert stack.store.counts()[JobStatus.IN_QUEUE] == 0
+    assert stack.objects("inputs/") == []
 
 
 # -- status through a job's life -----------------------------------------------------------------------------
@@ -797,7 +826,7 @@ def test_schema_endpoint_matches_the_seed_page(http) -> None:
     assert schema["input"]["title"] == "Input"
     assert schema["input"]["required"] == ["241_positive_prompt", "284_image", "125_audio"]
     properties = schema["input"]["properties"]
-    assert sorted(properties) == sorted(ALIASES)
+    assert sorted(properties) == sorted([*ALIASES, *EXTENSIONS])
     assert properties["128_steps"] == {**properties["128_steps"], "minimum": 6, "maximum": 20, "default": 7}
     assert properties["128_cfg"]["type"] == "float"
     assert properties["270_value"]["enum"] == [125, 250]
@@ -816,7 +845,7 @@ def test_openapi_documents_the_paths_and_the_aliases(http) -> None:
     submit_op = paths[MODEL_PATH]["post"]
     assert {"202", "401", "409", "422", "429", "503"} <= set(submit_op["responses"])
     model = submit_op["requestBody"]["content"]["application/json"]["schema"]
-    assert set(model["properties"]) == set(ALIASES) and model["additionalProperties"] is False
+    assert set(model["properties"]) == {*ALIASES, *EXTENSIONS} and model["additionalProperties"] is False
     assert http.get("/docs").status_code == 200
 
 

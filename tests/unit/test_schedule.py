@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.errors import InputError
-from pipeline.schedule import apply_guidance, euler_step, flow_matching_sigmas, model_timestep
+from pipeline.schedule import euler_step, flow_matching_sigmas, model_timestep
 
 
 def test_seven_steps_shift_eleven_matches_model_md_example():
@@ -43,10 +43,3 @@ def test_euler_recovers_clean_sample_with_exact_velocity():
 
 def test_timestep_is_sigma_times_1000():
     assert model_timestep(0.982) == pytest.approx(982.0)
-
-
-def test_guidance_combines_cond_and_negative():
-    cond, negative = torch.full((1, 2), 3.0), torch.full((1, 2), 1.0)
-    combined = apply_guidance(torch.cat([cond, negative]), 1.5)
-    assert torch.allclose(combined, torch.full((1, 2), 1.0 + 1.5 * 2.0))
-    assert apply_guidance(cond, 5.0) is cond

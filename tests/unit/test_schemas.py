@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
-from api_fixtures import ALIASES, SEED_BODY, SEED_SETTINGS
+from api_fixtures import ALIASES, EXTENSIONS, SEED_BODY, SEED_SETTINGS
 from pydantic import ValidationError
 
 from serve.api.schemas import (
@@ -173,7 +173,9 @@ def test_input_schema_matches_seed_page_shape() -> None:
     assert schema["title"] == "Input" and schema["type"] == "object"
     assert schema["required"] == ["241_positive_prompt", "284_image", "125_audio"]
     props = schema["properties"]
-    assert set(props) == set(ALIASES)
+    assert set(props) == {*ALIASES, *EXTENSIONS}
+    assert props["audio_cfg"]["description"].startswith("Extension:")
+    assert (props["audio_cfg"]["default"], props["match_audio_length"]["default"]) == (1, False)
     assert props["125_audio"]["default"] == "Runcomfy_example_1278_1.mp3"
     assert props["284_image"]["title"] == "Image"
     assert props["245_valuex246_value"]["title"] == "Resolution (W:H)"
@@ -313,3 +315,39 @@ def test_cancel_requested_shows_only_while_the_job_still_runs() -> None:
     assert StatusResponse.from_record(running).cancel_requested is True
     ended = _record(status=SimpleNamespace(value="cancelled"), cancel_requested=True)
     assert "cancel_requested" not in StatusResponse.from_record(ended).model_dump(exclude_none=True)
+
+
+def test_audio_guidance_and_speech_length_are_extension_fields() -> None:
+    request = SubmitRequest.model_validate(_body(audio_cfg=2.5, match_audio_length=True))
+    assert (request.audio_cfg, request.match_audio_length) == (2.5, True)
+    settings = request.to_settings(speech_frames=312)
+    assert (settings.frames, settings.audio_cfg) == (312, 2.5)
+    # Without match_audio_length the seed's frame count stands, whatever the speech's length.
+    assert SubmitRequest.model_validate(_body()).to_settings(speech_frames=312).frames == 125
+    with pytest.raises(ValueError, match="needs the speech's frame count"):
+        request.to_settings()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"audio_cfg": "2"},
+        {"audio_cfg": 0.49},
+        {"audio_cfg": 10.01},
+        {"audio_cfg": None},
+        {"match_audio_length": 1},
+        {"match_audio_length": "true"},
+        {"match_audio_length": None},
+    ],
+)
+def test_bad_extension_values_are_refused_by_name(changes: dict[str, object]) -> None:
+    with pytest.raises(ValidationError) as refused:
+        SubmitRequest.model_validate(_body(**changes))
+    assert [error["loc"] for error in refused.value.errors()] == [(next(iter(changes)),)]
+
+
+def test_a_field_at_its_default_hashes_the_same_sent_or_not() -> None:
+    plain = SubmitRequest.model_validate(_body())
+    explicit = SubmitRequest.model_validate(_body(audio_cfg=1, match_audio_length=False, **{"128_cfg": 1.0}))
+    assert plain.body_hash() == explicit.body_hash()
+    assert SubmitRequest.model_validate(_body(audio_cfg=2)).body_hash() != plain.body_hash()

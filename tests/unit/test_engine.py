@@ -1,0 +1,43 @@
+"""The sampler's engine on the tiny preset: a job's settings reach the pipeline and its record."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import av
+import pytest
+from api_fixtures import SEED_SETTINGS
+
+from pipeline.pipeline import encode_speech
+from serve.engine import PipelineEngine
+
+
+@pytest.mark.slow
+def test_a_job_runs_with_its_guidance_scales_and_frame_count(tiny_components, assets, tmp_path):
+    settings = dataclasses.replace(
+        SEED_SETTINGS, width=64, height=64, frames=37, steps=1, cfg=1.5, audio_cfg=2.0
+    )
+    passes: list[int] = []
+    hook = tiny_components.transformer.register_forward_pre_hook(
+        lambda _m, _a, kwargs: passes.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
+    )
+    engine = PipelineEngine(
+        tiny_components, lambda speech, frames: encode_speech(tiny_components.audio_encoder, speech, frames)
+    )
+    reported: list[float] = []
+    out = tmp_path / "video.mp4"
+    try:
+        result = engine.run(
+            settings,
+            (assets / "portrait.png").read_bytes(),
+            (assets / "speech.wav").read_bytes(),
+            out,
+            lambda fraction, eta: reported.append(fraction),
+        )
+    finally:
+        hook.remove()
+    assert passes == [3]  # one step, text and audio guidance: three passes as one batch
+    assert (result.reproducibility["cfg"], result.reproducibility["audio_cfg"]) == (1.5, 2.0)
+    assert result.reproducibility["frames"] == 37 and reported[-1] == 1.0
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 37
