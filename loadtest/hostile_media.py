@@ -91,6 +91,11 @@ def empty_wav() -> bytes:
     return _wav(16000, b"", width=2)
 
 
+def blip_wav(seconds: float = 0.03) -> bytes:
+    """A well-formed WAV of silence shorter than one video frame (0.04 s at 25 fps)."""
+    return _wav(16000, b"\x00\x00" * int(16000 * seconds), width=2)
+
+
 def wav_claiming_huge_size() -> bytes:
     """A WAV header whose data chunk claims 4 GB (37 hours at 16 kHz) and that holds no sample at all."""
     return _wav(16000, b"", width=2, declared_bytes=0xFFFFFF00)

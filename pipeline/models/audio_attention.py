@@ -3,8 +3,8 @@
 Every latent frame's video tokens attend only to that frame's audio tokens, so the video sequence is folded
 into the batch, frame by frame, and the attention itself goes through diffusers' dispatcher: whatever
 backend ``set_attention_backend`` or the ``attention_backend`` context selects (SDPA, flash, sage, ...) runs
-it. Single speaker only: the reference's two-speaker path (1-D RoPE placed from a reference-attention map)
-is not built, and nothing of it is computed.
+it. With two speakers (``positions`` given) queries and keys are first rotated by the reference's 1-D RoPE
+(``pipeline.models.speakers``); with one, nothing of that is computed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch import nn
 
+from pipeline.models.speakers import SPEAKERS, audio_token_positions, rotate_1d
+
 
 class AudioAttnProcessor:
     """Holds the attention backend, as diffusers' processors do, so ``set_attention_backend`` reaches it."""
@@ -24,7 +26,11 @@ class AudioAttnProcessor:
     _parallel_config = None
 
     def __call__(
-        self, attn: AudioCrossAttention, hidden_states: torch.Tensor, audio_tokens: torch.Tensor
+        self,
+        attn: AudioCrossAttention,
+        hidden_states: torch.Tensor,
+        audio_tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, sequence, dim = hidden_states.shape
         frames, tokens = audio_tokens.shape[1], audio_tokens.shape[2]
@@ -36,6 +42,9 @@ class AudioAttnProcessor:
         key, value = attn.kv_linear(audio_tokens).chunk(2, dim=-1)
         key = key.reshape(batch * frames, tokens, attn.heads, -1)
         value = value.reshape(batch * frames, tokens, attn.heads, -1)
+        if positions is not None:
+            query = rotate_1d(query, positions.reshape(batch * frames, sequence // frames))
+            key = rotate_1d(key, audio_token_positions(tokens // SPEAKERS, key.device))
         out = dispatch_attention_fn(
             query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=self._attention_backend
         )
@@ -61,6 +70,11 @@ class AudioCrossAttention(nn.Module, AttentionModuleMixin):
         self.proj = nn.Linear(dim, dim)
         self.set_processor(AudioAttnProcessor())
 
-    def forward(self, hidden_states: torch.Tensor, audio_tokens: torch.Tensor) -> torch.Tensor:
-        """``[B, F·h·w, d]`` video tokens, ``[B, F, tokens, audio_dim]`` audio tokens → ``[B, F·h·w, d]``."""
-        return self.processor(self, hidden_states, audio_tokens)
+    def forward(
+        self, hidden_states: torch.Tensor, audio_tokens: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B, F·h·w, d]`` video tokens, ``[B, F, tokens, audio_dim]`` audio tokens → ``[B, F·h·w, d]``.
+
+        ``positions`` ``[B, F·h·w]``: two speakers, each video token's place on the rotary axis (the audio
+        tokens are then both speakers' 32, speaker 1's first)."""
+        return self.processor(self, hidden_states, audio_tokens, positions)

@@ -3,7 +3,9 @@
 Everything of Wan2.1 is diffusers' own (patch embedding, RoPE, condition embedder, attention, FFN, output
 head), so weights converted from the official layout give diffusers' verified numerics. Added: ``audio_proj``
 at model level, and in every block ``norm_x`` + ``audio_cross_attn`` between the text/image cross-attention
-and the FFN, as a plain residual (no modulation, no gate).
+and the FFN, as a plain residual (no modulation, no gate). With two speakers (the multi checkpoint: the same
+keys), each block also places its video tokens between the speakers from its own self-attention's queries
+and keys (``pipeline.models.speakers``); with one, none of that runs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import (
+    WanAttention,
     WanAttnProcessor,
     WanTransformer3DModel,
     WanTransformerBlock,
@@ -23,7 +26,25 @@ from diffusers.models.transformers.transformer_wan import (
 from pipeline.models.attention_kernels import AttentionKernel
 from pipeline.models.audio_adapter import AudioProjModel
 from pipeline.models.audio_attention import AudioCrossAttention
-from pipeline.models.wan_attention import TEXT_TOKENS, WanAttentionProcessor, map_slices
+from pipeline.models.speakers import SPEAKERS, speaker_map, token_masks, token_positions
+from pipeline.models.wan_attention import TEXT_TOKENS, WanAttentionProcessor, apply_rotary, map_slices
+
+
+def _query_and_reference_key(
+    attn: WanAttention, hidden_states: torch.Tensor, reference_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The self-attention's normed queries of every token and keys of the first ``reference_tokens`` (latent
+    frame 0), ``[B, L, heads, D]`` and ``[B, R, heads, D]``, before RoPE."""
+    reference = hidden_states[:, :reference_tokens]
+    if attn.fused_projections:
+        query = attn.to_qkv(hidden_states).chunk(3, dim=-1)[0]
+        key = attn.to_qkv(reference).chunk(3, dim=-1)[1]
+    else:
+        query, key = attn.to_q(hidden_states), attn.to_k(reference)
+    return (
+        attn.norm_q(query).unflatten(2, (attn.heads, -1)),
+        attn.norm_k(key).unflatten(2, (attn.heads, -1)),
+    )
 
 
 def check_token_chunk(tokens: object) -> None:
@@ -59,8 +80,12 @@ class InfiniteTalkTransformerBlock(WanTransformerBlock):
         temb: torch.Tensor,
         rotary_emb: tuple[torch.Tensor, torch.Tensor],
         audio_tokens: torch.Tensor,
+        speaker_masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """diffusers' Wan2.1 block step for step, with the audio residual inserted before the FFN."""
+        """diffusers' Wan2.1 block step for step, with the audio residual inserted before the FFN.
+
+        ``speaker_masks`` ``[3, R]`` (two speakers, on the token grid of one latent frame): the audio
+        attention places each token between the speakers by this block's self-attention."""
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = (
             self.scale_shift_table + temb.float()
         ).chunk(6, dim=1)
@@ -78,6 +103,11 @@ class InfiniteTalkTransformerBlock(WanTransformerBlock):
             norm_x = (self.norm3(x.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(x)
             return (x.float() + self.ffn(norm_x).float() * c_gate_msa).type_as(x)
 
+        positions = None
+        if speaker_masks is not None:
+            positions = self._speaker_positions(
+                self_attention_input(hidden_states), rotary_emb, speaker_masks
+            )
         attn_output = self._attention(self.attn1, self_attention_input, hidden_states, None, rotary_emb)
         hidden_states = self._tokenwise(gated_residual, hidden_states, attn_output)
         del attn_output
@@ -86,27 +116,55 @@ class InfiniteTalkTransformerBlock(WanTransformerBlock):
         )
         hidden_states = hidden_states + attn_output
         del attn_output
-        hidden_states = self._audio_residual(hidden_states, audio_tokens)
+        hidden_states = self._audio_residual(hidden_states, audio_tokens, positions)
         return self._tokenwise(feed_forward, hidden_states)
 
-    def _audio_residual(self, hidden_states: torch.Tensor, audio_tokens: torch.Tensor) -> torch.Tensor:
+    def _speaker_positions(
+        self,
+        normed: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        masks: torch.Tensor,
+    ) -> torch.Tensor:
+        """``[B, L]``: each token's place between the speakers, from this block's self-attention queries
+        and reference-frame keys (after RoPE), as the reference computes it in every block. The projections
+        are computed again here rather than taken out of the attention processor, so the attention kernels
+        and token chunking stay untouched; it costs two thirds of a Q/K/V projection per block, and only
+        with two speakers."""
+        reference_tokens = masks.shape[1]
+        query, key = _query_and_reference_key(self.attn1, normed, reference_tokens)
+        cos, sin = rotary_emb
+        query = apply_rotary(query, cos, sin)
+        key = apply_rotary(key, cos[:, :reference_tokens], sin[:, :reference_tokens])
+        return token_positions(speaker_map(query, key, masks))
+
+    def _audio_residual(
+        self, hidden_states: torch.Tensor, audio_tokens: torch.Tensor, positions: torch.Tensor | None
+    ) -> torch.Tensor:
         """``x + audio_cross_attn(norm_x(x))``; chunked, whole latent frames at a time (each frame's tokens
         attend to that frame's audio tokens only, so frames are independent)."""
 
-        def residual(x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-            return x + self.audio_cross_attn(self.norm_x(x), audio)
+        def residual(
+            x: torch.Tensor, audio: torch.Tensor, places: torch.Tensor | None = None
+        ) -> torch.Tensor:
+            return x + self.audio_cross_attn(self.norm_x(x), audio, places)
 
         if self.token_chunk is None:
-            return residual(hidden_states, audio_tokens)
+            return residual(hidden_states, audio_tokens, positions)
         frames = audio_tokens.shape[1]
         per_frame = hidden_states.shape[1] // frames  # whole: the model checks its inputs' shapes
 
-        def frame_residual(x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:  # x: [B, f, S, d]
-            return residual(x.flatten(1, 2), audio).unflatten(1, (-1, per_frame))
+        def frame_residual(
+            x: torch.Tensor, audio: torch.Tensor, places: torch.Tensor | None = None
+        ) -> torch.Tensor:  # x: [B, f, S, d], places: [B, f, S]
+            flat_places = None if places is None else places.flatten(1, 2)
+            return residual(x.flatten(1, 2), audio, flat_places).unflatten(1, (-1, per_frame))
 
         by_frame = hidden_states.unflatten(1, (frames, per_frame))
         frames_per_slice = max(1, self.token_chunk // per_frame)
-        return map_slices(frame_residual, frames_per_slice, by_frame, audio_tokens).flatten(1, 2)
+        sequences = [by_frame, audio_tokens]
+        if positions is not None:
+            sequences.append(positions.unflatten(1, (frames, per_frame)))
+        return map_slices(frame_residual, frames_per_slice, *sequences).flatten(1, 2)
 
     def _attention(
         self,
@@ -263,17 +321,29 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
         encoder_hidden_states: torch.Tensor,
         encoder_hidden_states_image: torch.Tensor,
         audio_embeds: torch.Tensor,
+        speaker_masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predicted velocity ``[B, out_channels, F, H, W]``.
 
         ``hidden_states`` ``[B, in_channels, F, H, W]`` (noisy latent ‖ ``y``), ``timestep`` ``[B]`` (0-1000),
         ``encoder_hidden_states`` ``[B, 512, text_dim]`` (zero-padded umT5), ``encoder_hidden_states_image``
-        ``[B, 257, image_dim]`` (CLIP), ``audio_embeds`` ``[B, 4·(F−1)+1, window, audio_layers, audio_dim]``.
+        ``[B, 257, image_dim]`` (CLIP), ``audio_embeds`` ``[B, 4·(F−1)+1, window, audio_layers, audio_dim]``
+        for one speaker, or ``[B, 2, ...]`` for two, which then need ``speaker_masks`` ``[3, H', W']``
+        (speaker 1, speaker 2, background; any size, resized to the token grid by nearest neighbour).
         """
         batch, _, frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.config.patch_size
         grid = (frames // p_t, height // p_h, width // p_w)
-        self._check_inputs(hidden_states, timestep, encoder_hidden_states, audio_embeds)
+        two_speakers = audio_embeds.ndim == 6
+        if two_speakers and speaker_masks is None:
+            raise ValueError("two speakers' audio_embeds need speaker_masks")
+        if not two_speakers and speaker_masks is not None:
+            raise ValueError("speaker_masks go with two speakers' audio_embeds [batch, 2, ...]")
+        per_speaker = audio_embeds.flatten(0, 1) if two_speakers else audio_embeds
+        self._check_inputs(hidden_states, timestep, encoder_hidden_states, per_speaker, two_speakers)
+        masks = None
+        if speaker_masks is not None:
+            masks = token_masks(speaker_masks.to(hidden_states.device), grid[1:])
 
         rotary_emb = self.rope(hidden_states)
         hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
@@ -283,11 +353,13 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
         )
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
         encoder_hidden_states = torch.cat([encoder_hidden_states_image, encoder_hidden_states], dim=1)
-        audio_tokens = self.audio_proj(audio_embeds.to(self.audio_proj.proj1.weight.dtype))
+        audio_tokens = self.audio_proj(per_speaker.to(self.audio_proj.proj1.weight.dtype))
+        if two_speakers:  # [B·2, F, 32, C] → [B, F, 2·32, C], speaker 1's tokens first
+            audio_tokens = audio_tokens.unflatten(0, (batch, SPEAKERS)).transpose(1, 2).flatten(2, 3)
 
         for block in self.blocks:
             hidden_states = block(
-                hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, audio_tokens
+                hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, audio_tokens, masks
             )
 
         shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
@@ -304,6 +376,7 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
         timestep: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         audio_embeds: torch.Tensor,
+        two_speakers: bool,
     ) -> None:
         if hidden_states.ndim != 5 or hidden_states.shape[1] != self.config.in_channels:
             raise ValueError(
@@ -325,7 +398,7 @@ class InfiniteTalkTransformer3DModel(WanTransformer3DModel):
         if timestep.ndim != 1 or timestep.shape[0] != batch:
             raise ValueError(f"timestep must be [{batch}], got {tuple(timestep.shape)}")
         expected = (
-            batch,
+            batch * SPEAKERS if two_speakers else batch,
             self.audio_proj.temporal_stride * (frames - 1) + 1,
             self.config.audio_window,
             self.config.audio_layers,
