@@ -20,6 +20,7 @@ from pipeline.presets import NEGATIVE_PROMPT, PRESETS, Fp8Mode
 from pipeline.progress import Progress
 from pipeline.sizes import parse_size
 from pipeline.streaming import DEFAULT_MAX_SPEECH_FRAMES, speech_frame_count
+from pipeline.two_speakers import Box, SpeakingOrder, arrange_speech
 
 logger = logging.getLogger("pipeline")
 
@@ -44,6 +45,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def parse_box(text: str) -> Box:
+    """argparse type: ``LEFT,TOP,RIGHT,BOTTOM`` in pixels of the portrait."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 4:
+            raise ValueError
+        return Box(*(float(part) for part in parts))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LEFT,TOP,RIGHT,BOTTOM (four numbers)") from None
+
+
 def frame_count(text: str) -> int | None:
     """argparse type: ``auto`` (None: as long as the speech) or a frame count ≥ 1."""
     return None if text == "auto" else positive_int(text)
@@ -55,6 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="generate one talking video")
     gen.add_argument("--image", required=True, type=Path, help="portrait image (png, jpg, webp ...)")
     gen.add_argument("--audio", required=True, type=Path, help="speech (wav, mp3, m4a, ogg, flac ...)")
+    gen.add_argument(
+        "--audio2",
+        type=Path,
+        help="a second person's speech: two speakers, --audio the left person's, this the right one's",
+    )
+    gen.add_argument(
+        "--order",
+        choices=[order.value for order in SpeakingOrder],
+        default=SpeakingOrder.MEANWHILE.value,
+        help="with --audio2: both at once (meanwhile, default), left first, or right first",
+    )
+    gen.add_argument(
+        "--left-box", type=parse_box, help="with --audio2: LEFT,TOP,RIGHT,BOTTOM of the left person"
+    )
+    gen.add_argument("--right-box", type=parse_box, help="with --audio2: the right person's box")
     gen.add_argument("--prompt", default="a person is talking", help="what the video shows")
     gen.add_argument("--negative-prompt", default=NEGATIVE_PROMPT)
     gen.add_argument("--size", default="720x720", help="output WIDTHxHEIGHT (default 720x720)")
@@ -133,9 +160,12 @@ def generate(args: argparse.Namespace) -> Path:
     loras = [parse_lora(text) for text in args.lora]
     image = load_image(args.image)
     speech = decode_audio(args.audio)
+    speech2 = decode_audio(args.audio2) if args.audio2 else None
+    boxes = _boxes(args)
     frames = args.frames
     if frames is None:
-        frames = speech_frame_count(speech.size / SAMPLE_RATE, args.max_frames)
+        tracks = (speech,) if speech2 is None else arrange_speech(speech, speech2, SpeakingOrder(args.order))
+        frames = speech_frame_count(tracks[0].size / SAMPLE_RATE, args.max_frames)
         if frames < 1:
             raise InputError(f"{args.audio}: the speech is shorter than one video frame (40 ms)")
     preset = args.preset or ("infinitetalk-14b" if args.weights else "tiny")
@@ -166,6 +196,9 @@ def generate(args: argparse.Namespace) -> Path:
         shift=args.shift,
         cfg=args.cfg,
         audio_cfg=args.audio_cfg,
+        speech2=speech2,
+        order=SpeakingOrder(args.order),
+        boxes=boxes,
         seed=args.seed,
         color_correction=args.color_correction,
     )
@@ -184,6 +217,17 @@ def generate(args: argparse.Namespace) -> Path:
     summary = ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in timings.items())
     print(f"wrote {args.out} ({frames} frames, {width}x{height}) — {summary}", file=sys.stderr)
     return args.out
+
+
+def _boxes(args: argparse.Namespace) -> tuple[Box, Box] | None:
+    given = (args.left_box, args.right_box)
+    if given == (None, None):
+        return None
+    if args.audio2 is None:
+        raise InputError("--left-box and --right-box go with two speakers (--audio2)")
+    if None in given:
+        raise InputError("give both --left-box and --right-box, or neither (the halves of the portrait)")
+    return args.left_box, args.right_box
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from pipeline.components import Components
 from pipeline.conditioning import portrait_tensor
 from pipeline.conditioning.vae import WanVAE
 from pipeline.errors import InputError, SizeError
-from pipeline.guidance import Guidance
+from pipeline.guidance import Condition, Guidance
 from pipeline.models.transformer import InfiniteTalkTransformer3DModel
 from pipeline.presets import NEGATIVE_PROMPT
 from pipeline.progress import ProgressCallback, ProgressTracker, Work
@@ -41,6 +41,7 @@ from pipeline.streaming import (
     latent_frames,
     plan_chunks,
 )
+from pipeline.two_speakers import Box, SpeakingOrder, arrange_speech, mix_speech, speaker_masks
 from pipeline.video import fit_audio, resize_video, to_uint8_frames, write_mp4
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,27 @@ class GenerationRequest:
     seed: int = 96860978
     negative_prompt: str = NEGATIVE_PROMPT
     color_correction: float = 1.0
+    #: A second person's speech (two speakers: ``speech`` is the left person's, this the right one's), when
+    #: each speaks (``order``) and where each is (``boxes``, default: the left and right halves).
+    speech2: np.ndarray | None = None
+    order: SpeakingOrder = SpeakingOrder.MEANWHILE
+    boxes: tuple[Box, Box] | None = None
+
+    @property
+    def two_speakers(self) -> bool:
+        return self.speech2 is not None
+
+    def speech_tracks(self) -> tuple[np.ndarray, ...]:
+        """The speech the video is conditioned on: one track, or the two speakers' laid out in time."""
+        if self.speech2 is None:
+            return (self.speech,)
+        return arrange_speech(self.speech, self.speech2, self.order)
+
+    def sound(self) -> np.ndarray:
+        """The video's audio track before it is fitted to the frame count."""
+        if self.speech2 is None:
+            return self.speech
+        return mix_speech(arrange_speech(self.speech, self.speech2, self.order), SPEECH_SAMPLE_RATE)
 
 
 @dataclass
@@ -86,16 +108,48 @@ def synchronize(device: torch.device) -> None:
 
 
 def predict_velocity(
-    transformer: InfiniteTalkTransformer3DModel, batched: bool, **inputs: torch.Tensor
+    transformer: InfiniteTalkTransformer3DModel,
+    batched: bool,
+    speaker_masks: torch.Tensor | None = None,
+    **inputs: torch.Tensor,
 ) -> torch.Tensor:
     """The DiT over the guidance batch: in one pass, or (``batched=False``) one pass per entry, which halves
-    the activation peak (``Components.batch_guidance``)."""
+    the activation peak (``Components.batch_guidance``). ``speaker_masks`` go with every entry."""
     batch = inputs["hidden_states"].shape[0]
     if batched or batch == 1:
-        return transformer(**inputs)
+        return transformer(**inputs, speaker_masks=speaker_masks)
     return torch.cat(
-        [transformer(**{name: value[i : i + 1] for name, value in inputs.items()}) for i in range(batch)]
+        [
+            transformer(
+                **{name: value[i : i + 1] for name, value in inputs.items()}, speaker_masks=speaker_masks
+            )
+            for i in range(batch)
+        ]
     )
+
+
+def pass_groups(
+    passes: tuple[Condition, ...], speech: torch.Tensor, masks: torch.Tensor | None
+) -> list[tuple[list[int], torch.Tensor, torch.Tensor | None]]:
+    """The guidance passes of a step as DiT calls: ``(rows, audio_embeds, speaker_masks)`` each.
+
+    ``speech`` ``[tracks, frames, window, layers, dim]`` is one chunk's windows. One speaker: one call over
+    every pass, silent passes with zero embeddings. Two speakers: the passes that hear both speakers in one
+    call, and the silent ones in another with one track of zeros, which the reference's silent passes are
+    (its single-speaker path: no masks, no rotary placement).
+    """
+    rows = list(range(len(passes)))
+    silent = [i for i in rows if passes[i].silent]
+    if speech.shape[0] == 1:
+        audio = torch.stack([torch.zeros_like(speech[0]) if passes[i].silent else speech[0] for i in rows])
+        return [(rows, audio, None)]
+    speaking = [i for i in rows if not passes[i].silent]
+    groups = [(speaking, speech.unsqueeze(0).expand(len(speaking), *speech.shape), masks)]
+    if silent:
+        groups.append(
+            (silent, torch.zeros_like(speech[0]).unsqueeze(0).expand(len(silent), *speech.shape[1:]), None)
+        )
+    return groups
 
 
 def decode_chunk(
@@ -190,8 +244,15 @@ class InfiniteTalkPipeline:
         for name in ("cfg", "audio_cfg"):
             if not getattr(request, name) > 0:
                 raise InputError(f"{name} must be positive, got {getattr(request, name)}")
-        if request.speech.ndim != 1 or request.speech.size == 0:
-            raise InputError("speech must be a non-empty mono waveform")
+        for name in ("speech", "speech2"):
+            speech = getattr(request, name)
+            if speech is not None and (speech.ndim != 1 or speech.size == 0):
+                raise InputError(f"{name} must be a non-empty mono waveform")
+        if request.boxes is not None:
+            if not request.two_speakers:
+                raise InputError("speaker boxes go with two speakers (speech2)")
+            for name, box in zip(("left speaker", "right speaker"), request.boxes, strict=True):
+                box.check(name, request.image.size)
 
     # -- the whole generation -------------------------------------------------------------------------
 
@@ -223,12 +284,26 @@ class InfiniteTalkPipeline:
         width, height = working_size(request.width, request.height, parts.preset.max_working_area)
         chunks = plan_chunks(request.frames)
 
-        # 1. Speech → per-frame wav2vec2 embeddings → 5-frame windows covering every chunk.
+        # 1. Speech → per-frame wav2vec2 embeddings → 5-frame windows covering every chunk; two speakers:
+        # each person's track on its own, stacked ``[2, frames, ...]``.
         with timer("audio_encode"):
+            tracks = request.speech_tracks()
             if audio_embeddings is None:
-                audio_embeddings = encode_speech(parts.audio_encoder, request.speech, request.frames)
-            audio = pad_embeddings_to(audio_embeddings.float(), covered_frames(request.frames))
-            audio_windows = window_audio_embeddings(audio).to(self.device, self.dtype)
+                audio_embeddings = torch.stack(
+                    [encode_speech(parts.audio_encoder, track, request.frames) for track in tracks]
+                )
+            elif audio_embeddings.ndim == 3:
+                audio_embeddings = audio_embeddings[None]
+            if audio_embeddings.shape[0] != len(tracks):
+                raise InputError(
+                    f"{len(tracks)} speech track(s) need as many embeddings, got {audio_embeddings.shape[0]}"
+                )
+            audio_windows = torch.stack(
+                [
+                    window_audio_embeddings(pad_embeddings_to(track.float(), covered_frames(request.frames)))
+                    for track in audio_embeddings
+                ]
+            ).to(self.device, self.dtype)
 
         # 2. Prompt (and the negative prompt when a guidance pass drops the text) → umT5 embeddings (cached),
         # one row per pass of a step.
@@ -247,6 +322,11 @@ class InfiniteTalkPipeline:
             clip_tokens = parts.image_encoder(portrait.to(self.dtype))
             y = parts.vae.image_condition(portrait.to(parts.vae_dtype), CHUNK_FRAMES).to(self.dtype)
             first_latent = y[:, -parts.latent_channels :, :1]
+            masks = None
+            if request.two_speakers:
+                latent_size = (height // VAE_SPATIAL_STRIDE, width // VAE_SPATIAL_STRIDE)
+                masks = speaker_masks(request.image.size, request.boxes, (width, height), latent_size)
+                masks = masks.to(self.device)
 
         # 4. Chunk by chunk: denoise, decode, re-encode the last 9 frames as the next chunk's motion frames.
         batch = len(passes)
@@ -271,22 +351,23 @@ class InfiniteTalkPipeline:
                 latent = noise.to(self.device, self.dtype)
                 clean_frames = clean.shape[2]
                 latent[:, :, :clean_frames] = clean
-                speech = audio_windows[chunk.start : chunk.end].unsqueeze(0)
-                silence = torch.zeros_like(speech)
-                chunk_audio = torch.cat([silence if c.silent else speech for c in passes])
+                groups = pass_groups(passes, audio_windows[:, chunk.start : chunk.end], masks)
                 for step in range(request.steps):
                     sigma, sigma_next = sigmas[step], sigmas[step + 1]
                     model_input = torch.cat([latent.expand(batch, -1, -1, -1, -1), y_batch], dim=1)
                     timestep = torch.full((batch,), model_timestep(sigma), device=self.device)
-                    velocity = predict_velocity(
-                        parts.transformer,
-                        parts.batch_guidance,
-                        hidden_states=model_input,
-                        timestep=timestep,
-                        encoder_hidden_states=text,
-                        encoder_hidden_states_image=clip_batch,
-                        audio_embeds=chunk_audio,
-                    )
+                    velocity = torch.empty_like(model_input[:, : parts.latent_channels])
+                    for rows, chunk_audio, group_masks in groups:
+                        velocity[rows] = predict_velocity(
+                            parts.transformer,
+                            parts.batch_guidance,
+                            speaker_masks=group_masks,
+                            hidden_states=model_input[rows],
+                            timestep=timestep[rows],
+                            encoder_hidden_states=text[rows],
+                            encoder_hidden_states_image=clip_batch[rows],
+                            audio_embeds=chunk_audio,
+                        )
                     latent = euler_step(latent, guidance.combine(velocity), sigma, sigma_next)
                     latent[:, :, :clean_frames] = clean
                     # A pass is seconds long on a GPU; waiting for it costs nothing and keeps progress true.
@@ -322,7 +403,7 @@ class InfiniteTalkPipeline:
         tracker = self._tracker(request, progress, writes_output=True)
         output = self._generate(request, audio_embeddings, tracker)
         start = time.perf_counter()
-        speech = fit_audio(request.speech, SPEECH_SAMPLE_RATE, request.frames)
+        speech = fit_audio(request.sound(), SPEECH_SAMPLE_RATE, request.frames)
         write_mp4(out_path, to_uint8_frames(output.video), speech, SPEECH_SAMPLE_RATE, FPS)
         output.timings["mux"] = time.perf_counter() - start
         tracker.done(Work.WRITE, len(output.chunk_latents) - 1)

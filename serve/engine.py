@@ -18,9 +18,10 @@ from pipeline.conditioning import load_image
 from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
 from pipeline.progress import Progress
 from pipeline.streaming import chunk_count
+from pipeline.two_speakers import Box, SpeakingOrder
 from serve import fields
 from serve.jobs.records import JobSettings
-from serve.jobs.runner import EngineOutput, ProgressFn
+from serve.jobs.runner import EngineOutput, Inputs, ProgressFn
 
 SpeechEncoder = Callable[[np.ndarray, int], torch.Tensor]
 
@@ -44,11 +45,16 @@ class PipelineEngine:
         self._encode_speech = encode_speech
 
     def run(
-        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
+        two_speakers = settings.order is not None
+        names = (fields.MULTI_IMAGE, fields.LEFT_AUDIO) if two_speakers else (fields.IMAGE, fields.AUDIO)
         request = GenerationRequest(
-            image=load_image(image, name=fields.IMAGE),
-            speech=decode_audio(audio, name=fields.AUDIO),
+            image=load_image(inputs["image"], name=names[0]),
+            speech=decode_audio(inputs["audio"], name=names[1]),
+            speech2=decode_audio(inputs["audio2"], name=fields.RIGHT_AUDIO) if two_speakers else None,
+            order=SpeakingOrder(settings.order or SpeakingOrder.MEANWHILE),
+            boxes=_boxes(settings),
             prompt=settings.prompt,
             width=settings.width,
             height=settings.height,
@@ -61,7 +67,9 @@ class PipelineEngine:
         )
         self._pipeline.check_inputs(request)
         encode_started = time.perf_counter()
-        embeddings = self._encode_speech(request.speech, request.frames)
+        embeddings = torch.stack(
+            [self._encode_speech(track, request.frames) for track in request.speech_tracks()]
+        )
         encode_seconds = time.perf_counter() - encode_started
 
         def on_progress(p: Progress) -> None:
@@ -84,6 +92,8 @@ class PipelineEngine:
             "cfg": request.cfg,
             "audio_cfg": request.audio_cfg,
             "frames": request.frames,
+            "speakers": 2 if request.two_speakers else 1,
+            **({"order": request.order.value} if request.two_speakers else {}),
             "chunks": chunk_count(request.frames),
             "output_size": f"{request.width}x{request.height}",
             "working_size": f"{working[0]}x{working[1]}",
@@ -92,3 +102,10 @@ class PipelineEngine:
             "dtype": str(parts.dtype).removeprefix("torch."),
             "code_version": code_version(),
         }
+
+
+def _boxes(settings: JobSettings) -> tuple[Box, Box] | None:
+    if settings.boxes is None:
+        return None
+    left, right = (Box(*box) for box in settings.boxes)
+    return left, right

@@ -12,9 +12,13 @@ SEED = "128_seed"
 STEPS = "128_steps"
 SHIFT = "128_shift"
 CFG = "128_cfg"
-# Extensions of the seed's fields (plain names, as the later endpoints' fields are).
-AUDIO_CFG = "audio_cfg"
-MATCH_AUDIO_LENGTH = "match_audio_length"
+
+# The two-speaker endpoint's inputs (its knobs have plain names too: serve.api.knobs).
+MULTI_IMAGE = "image"
+LEFT_AUDIO = "left_audio"
+RIGHT_AUDIO = "right_audio"
+LEFT_BOX = "left_box"
+RIGHT_BOX = "right_box"
 
 EXAMPLE_IMAGE = "Runcomfy_example_1278_1.png"
 EXAMPLE_AUDIO = "Runcomfy_example_1278_1.mp3"

@@ -27,6 +27,7 @@ import anyio
 
 from pipeline.streaming import speech_frame_count
 from serve.api.schemas import SubmitRequest
+from serve.api.two_speakers import TwoSpeakerRequest
 from serve.inputs.errors import InputRejected
 from serve.inputs.probe import probe_any_media, probe_audio, probe_image
 from serve.inputs.references import InputKind, InputResolver, PendingInput, new_file_id
@@ -79,7 +80,7 @@ class JobService:
     # -- submit ---------------------------------------------------------------------------------------------
 
     async def submit(
-        self, tenant: str, request: SubmitRequest, idempotency_key: str | None = None
+        self, tenant: str, request: SubmitRequest | TwoSpeakerRequest, idempotency_key: str | None = None
     ) -> tuple[JobRecord, bool]:
         """The accepted job, and whether this call created it (False: an idempotent resubmission)."""
         body_hash = request.body_hash()
@@ -98,17 +99,21 @@ class JobService:
         request_id = uuid.uuid4().hex
         started = time.perf_counter()
         try:
-            pending = await self._resolve(
-                tenant, {InputKind.IMAGE: request.image, InputKind.AUDIO: request.audio}
-            )
+            pending = await self._resolve(tenant, request.references())
             async with self._decode_slots:
-                inputs, speech_seconds = await anyio.to_thread.run_sync(
-                    self._stage, tenant, request_id, pending, request.match_audio_length
+                inputs, durations = await anyio.to_thread.run_sync(self._stage, tenant, request_id, pending)
+            speech_frames = speech_frame_count(request.speech_seconds(durations), self._max_speech_frames)
+            if request.match_audio_length and speech_frames < 1:
+                await anyio.to_thread.run_sync(self._unstage, inputs)
+                raise InputRejected(
+                    pending["audio"].field,
+                    f"the speech lasts {request.speech_seconds(durations):.3f} s, less than one video frame "
+                    "(0.04 s), so no video can match its length",
+                    code="invalid_audio",
                 )
         except InputRejected as refused:
             await self._store.count(FETCH_FAILURES, refused.code)
             raise
-        speech_frames = speech_frame_count(speech_seconds, self._max_speech_frames)
         record = JobRecord(
             request_id=request_id,
             tenant=tenant,
@@ -122,53 +127,45 @@ class JobService:
             await anyio.to_thread.run_sync(self._unstage, inputs)
             raise
 
-    async def _resolve(self, tenant: str, references: dict[InputKind, str]) -> dict[InputKind, PendingInput]:
-        resolved: dict[InputKind, PendingInput] = {}
+    async def _resolve(self, tenant: str, references: dict[str, tuple[str, str]]) -> dict[str, PendingInput]:
+        """Each role's reference resolved (URLs downloaded) at once; role → pending input."""
+        resolved: dict[str, PendingInput] = {}
 
-        async def resolve(kind: InputKind) -> None:
-            resolved[kind] = await self._resolver.resolve(references[kind], kind=kind, tenant=tenant)
+        async def resolve(role: str) -> None:
+            field, reference = references[role]
+            resolved[role] = await self._resolver.resolve(
+                reference, kind=_kind(role), tenant=tenant, field=field
+            )
 
         try:
             async with anyio.create_task_group() as group:
-                for kind in references:
-                    group.start_soon(resolve, kind)
+                for role in references:
+                    group.start_soon(resolve, role)
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None  # the first failure; the other resolution was cancelled by it
         return resolved
 
     def _stage(
-        self,
-        tenant: str,
-        request_id: str,
-        pending: dict[InputKind, PendingInput],
-        needs_whole_frames: bool,
-    ) -> tuple[dict[str, StagedInput], float]:
-        """In a worker thread: each input's bytes loaded, probed as media, hashed and stored; with the
-        speech's duration. ``needs_whole_frames``: a speech shorter than one video frame is refused."""
+        self, tenant: str, request_id: str, pending: dict[str, PendingInput]
+    ) -> tuple[dict[str, StagedInput], dict[str, float]]:
+        """In a worker thread: each input's bytes loaded, probed as media, hashed and stored; with each
+        audio input's duration (by role)."""
         checked: dict[str, tuple[bytes, PendingInput]] = {}
-        speech_seconds = 0.0
-        for kind, item in pending.items():
+        durations: dict[str, float] = {}
+        for role, item in pending.items():
             data = item.load()
-            if kind is InputKind.IMAGE:
+            if _kind(role) is InputKind.IMAGE:
                 probe_image(data, field=item.field)
             else:
-                speech_seconds = probe_audio(
-                    data, field=item.field, max_seconds=self._max_audio_seconds
-                ).duration_seconds
-                if needs_whole_frames and speech_frame_count(speech_seconds) < 1:
-                    raise InputRejected(
-                        item.field,
-                        f"the speech lasts {speech_seconds:.3f} s, less than one video frame (0.04 s), "
-                        "so no video can match its length",
-                        code="invalid_audio",
-                    )
-            checked[kind.value] = (data, item)
+                probe = probe_audio(data, field=item.field, max_seconds=self._max_audio_seconds)
+                durations[role] = probe.duration_seconds
+            checked[role] = (data, item)
         staged = {}
         for role, (data, item) in checked.items():
             key = input_key(tenant, request_id, role)
             self._storage.put_bytes(key, data, "application/octet-stream")
             staged[role] = StagedInput(key, hashlib.sha256(data).hexdigest(), len(data), item.source)
-        return staged, speech_seconds
+        return staged, durations
 
     def _unstage(self, inputs: dict[str, StagedInput]) -> None:
         for staged in inputs.values():
@@ -224,3 +221,8 @@ class JobService:
     def _store_upload(self, tenant: str, file_id: str, data: bytes) -> None:
         probe_any_media(data, max_audio_seconds=self._max_audio_seconds)
         self._storage.put_bytes(upload_key(tenant, file_id), data, "application/octet-stream")
+
+
+def _kind(role: str) -> InputKind:
+    """What an input role holds: ``image``, or speech (``audio``, ``audio2``)."""
+    return InputKind.IMAGE if role == "image" else InputKind.AUDIO

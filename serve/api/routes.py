@@ -12,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import redis
 from fastapi import FastAPI, Header, Query, Request, Response
@@ -41,6 +41,7 @@ from serve.api.schemas import (
     output_json_schema,
 )
 from serve.api.security import Tenant, install_authenticator
+from serve.api.two_speakers import TwoSpeakerRequest
 from serve.auth import Authenticator
 from serve.config import AppConfig
 from serve.job_service import JobService
@@ -53,12 +54,14 @@ from serve.storage import ObjectStore
 logger = logging.getLogger(__name__)
 
 MODEL_PATH = "/v1/models/community/infinite-talk/image-to-video"
+TWO_SPEAKER_PATH = "/v1/models/community/infinite-talk/fast/multi"
 # Ids this API issues (uuid4 hex); anything else is never echoed back into an error message.
 _REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 RETRY_AFTER_NOT_READY_SECONDS = 5
-# Largest JSON body: two data: URIs at the byte caps, base64-inflated, plus slack.
+# Largest JSON body: an image and two speech data: URIs at the byte caps, base64-inflated, plus slack.
 _BODY_SLACK_BYTES = 64 * 1024
 _JSON_TYPES = ("application/json",)
+Body = TypeVar("Body", SubmitRequest, TwoSpeakerRequest)
 
 
 @dataclass
@@ -76,7 +79,7 @@ class ApiContext:
 
 def request_body_limit(config: AppConfig) -> int:
     fetch = config.fetch
-    return 2 * max(fetch.max_image_bytes, fetch.max_audio_bytes) * 4 // 3 + _BODY_SLACK_BYTES
+    return (fetch.max_image_bytes + 2 * fetch.max_audio_bytes) * 4 // 3 + _BODY_SLACK_BYTES
 
 
 def create_api(context: ApiContext) -> FastAPI:
@@ -121,7 +124,31 @@ def create_api(context: ApiContext) -> FastAPI:
         tenant: Tenant,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> JSONResponse:
-        body = await _json_body(request)
+        return await accept(request, tenant, await _json_body(request, SubmitRequest), idempotency_key)
+
+    @api.post(
+        TWO_SPEAKER_PATH,
+        status_code=202,
+        response_model=SubmitResponse,
+        responses=error_responses(400, 401, 409, 413, 415, 422, 429, 503),
+        summary="Submit a two-speaker job",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": TwoSpeakerRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def submit_two_speakers(
+        request: Request,
+        tenant: Tenant,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> JSONResponse:
+        return await accept(request, tenant, await _json_body(request, TwoSpeakerRequest), idempotency_key)
+
+    async def accept(
+        request: Request, tenant: str, body: SubmitRequest | TwoSpeakerRequest, idempotency_key: str | None
+    ) -> JSONResponse:
         # A blank header is no key (the store would otherwise bind the empty string as one).
         record, _ = await jobs.submit(tenant, body, (idempotency_key or "").strip() or None)
         return JSONResponse(SubmitResponse(**links(request, record.request_id)).model_dump(), status_code=202)
@@ -240,14 +267,14 @@ def _known(request_id: str) -> str:
     return request_id
 
 
-async def _json_body(request: Request) -> SubmitRequest:
+async def _json_body(request: Request, model: type[Body]) -> Body:
     """The submit body, read and validated after the caller was authenticated."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in _JSON_TYPES:
         raise UnsupportedMediaType("The request body must be JSON (Content-Type: application/json).")
     raw = await request.body()
     try:
-        return SubmitRequest.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as error:
         located = [
             {**item, "loc": ("body", *item.get("loc", ()))} for item in error.errors(include_url=False)

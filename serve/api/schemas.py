@@ -12,12 +12,25 @@ import copy
 import hashlib
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
 
 from serve import fields
+from serve.api.knobs import (
+    SIZE_OPTIONS,
+    FrameCount,
+    SizeOption,
+    audio_cfg_field,
+    cfg_field,
+    frames_field,
+    match_audio_length_field,
+    seed_field,
+    shift_field,
+    size_field,
+    steps_field,
+)
 from serve.fields import EXAMPLE_AUDIO, EXAMPLE_IMAGE
 from serve.jobs.records import JobSettings
 
@@ -26,28 +39,7 @@ if TYPE_CHECKING:
 
 MAX_PROMPT_CHARS = 2000
 DEFAULT_PROMPT = "a woman is talking and waving hands"
-SEED_MIN = -(2**63)
-# torch.manual_seed takes signed and unsigned 64-bit seeds; ComfyUI-style clients send seeds up to 2**64 - 1.
-SEED_MAX = 2**64 - 1
-
-# "W x H (aspect)", in the order of the seed page.
-SizeOption = Literal[
-    "480x480 (1:1)",
-    "720x720 (1:1)",
-    "480x720 (2:3)",
-    "720x480 (3:2)",
-    "540x960 (9:16)",
-    "576x1024 (9:16)",
-    "720x1280 (9:16)",
-    "960x540 (16:9)",
-    "1024x576 (16:9)",
-    "1280x720 (16:9)",
-]
-FrameCount = Literal[125, 250]
 JobStatusName = Literal["in_queue", "in_progress", "completed", "cancelled", "failed"]
-
-AUDIO_CFG_MIN = 0.5
-AUDIO_CFG_MAX = 10.0
 
 _SIZE_PATTERN = re.compile(r"^(\d+)x(\d+) \(\d+:\d+\)$")
 
@@ -59,7 +51,7 @@ def _parse_size(option: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-SIZES: dict[str, tuple[int, int]] = {option: _parse_size(option) for option in get_args(SizeOption)}
+SIZES: dict[str, tuple[int, int]] = {option: _parse_size(option) for option in SIZE_OPTIONS}
 
 _Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True)]
 
@@ -94,85 +86,14 @@ class SubmitRequest(BaseModel):
         ),
         examples=[EXAMPLE_AUDIO],
     )
-    size: SizeOption = Field(
-        "720x720 (1:1)",
-        alias=fields.SIZE,
-        title="Resolution (W:H)",
-        description="Width x height of the video in pixels.",
-    )
-    frames: FrameCount = Field(
-        125,
-        alias=fields.FRAMES,
-        title="Number of Frames",
-        description="Length of the video in frames at 25 fps (125 = 5 s, 250 = 10 s).",
-    )
-    seed: int = Field(
-        96860978,
-        alias=fields.SEED,
-        strict=True,
-        ge=SEED_MIN,
-        le=SEED_MAX,
-        title="Seed",
-        description="Random seed; the same seed and inputs reproduce the same video on the same setup.",
-    )
-    steps: int = Field(
-        7,
-        alias=fields.STEPS,
-        strict=True,
-        ge=6,
-        le=20,
-        title="Steps",
-        description="Number of denoising iterations; more steps refine detail and stability but take longer.",
-    )
-    shift: float = Field(
-        11,
-        alias=fields.SHIFT,
-        strict=True,
-        ge=1,
-        le=15,
-        allow_inf_nan=False,
-        title="Shift",
-        description=(
-            "Offsets the diffusion sampling schedule, trading stability for stronger motion/style as the "
-            "value increases."
-        ),
-    )
-    cfg: float = Field(
-        1,
-        alias=fields.CFG,
-        strict=True,
-        ge=0.6,
-        le=2,
-        allow_inf_nan=False,
-        title="Guidance Scale",
-        description=(
-            "Controls how strongly the output adheres to the prompt versus allowing creative variation."
-        ),
-    )
-
-    audio_cfg: float = Field(
-        1,
-        alias=fields.AUDIO_CFG,
-        strict=True,
-        ge=AUDIO_CFG_MIN,
-        le=AUDIO_CFG_MAX,
-        allow_inf_nan=False,
-        title="Audio Guidance Scale",
-        description=(
-            "Extension: how strongly the lips follow the speech. 1 adds no model pass; another value adds "
-            "one per step (the reference suggests 2 with a step-distilled LoRA, 4 without)."
-        ),
-    )
-    match_audio_length: bool = Field(
-        False,
-        alias=fields.MATCH_AUDIO_LENGTH,
-        strict=True,
-        title="Match Audio Length",
-        description=(
-            "Extension: make the video exactly as long as the speech (whole frames at 25 fps, up to the "
-            "server's cap, 1000 frames = 40 s by default), instead of the frame count above."
-        ),
-    )
+    size: SizeOption = size_field(fields.SIZE)
+    frames: FrameCount = frames_field(fields.FRAMES)
+    seed: int = seed_field(fields.SEED)
+    steps: int = steps_field(fields.STEPS)
+    shift: float = shift_field(fields.SHIFT)
+    cfg: float = cfg_field(fields.CFG)
+    audio_cfg: float = audio_cfg_field()
+    match_audio_length: bool = match_audio_length_field()
 
     @field_validator("prompt", "image", "audio")
     @classmethod
@@ -188,6 +109,14 @@ class SubmitRequest(BaseModel):
         if type(value) is not int:
             raise PydanticCustomError("int_type", "Input should be a valid integer")
         return value
+
+    def references(self) -> dict[str, tuple[str, str]]:
+        """The inputs to fetch: role → (request field, reference)."""
+        return {"image": (fields.IMAGE, self.image), "audio": (fields.AUDIO, self.audio)}
+
+    def speech_seconds(self, durations: dict[str, float]) -> float:
+        """How long the speech lasts, from each audio input's duration (by role)."""
+        return durations["audio"]
 
     def to_settings(self, speech_frames: int | None = None) -> JobSettings:
         """The engine's settings; ``speech_frames`` (the speech's length in frames, capped) is the frame count

@@ -98,8 +98,11 @@ class InputResolver:
         policy = self._fetcher.policy
         return policy.max_image_bytes if kind is InputKind.IMAGE else policy.max_audio_bytes
 
-    async def resolve(self, reference: str, *, kind: InputKind, tenant: str) -> PendingInput:
-        field, limit = kind.field, self.max_bytes(kind)
+    async def resolve(
+        self, reference: str, *, kind: InputKind, tenant: str, field: str | None = None
+    ) -> PendingInput:
+        """``field``: the request field refusals name (default: the seed endpoint's for ``kind``)."""
+        field, limit = field or kind.field, self.max_bytes(kind)
         reference = reference.strip()
         lowered = reference[:8].lower()
         if lowered.startswith(("https://", "http://")):

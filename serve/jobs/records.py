@@ -74,6 +74,14 @@ class JobSettings:
     shift: float
     cfg: float
     audio_cfg: float = 1.0  # absent from records written before audio guidance existed
+    #: Two speakers: when each speaks (``pipeline.two_speakers.SpeakingOrder``); None: one speaker.
+    order: str | None = None
+    #: Two speakers' boxes ``[left, top, right, bottom]`` in the portrait's pixels (None: its halves).
+    boxes: tuple[tuple[float, ...], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.boxes is not None:  # JSON gives lists back; keep the record hashable and comparable
+            object.__setattr__(self, "boxes", tuple(tuple(float(v) for v in box) for box in self.boxes))
 
 
 class InputSource(StrEnum):

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,13 +51,15 @@ class EngineOutput:
 
 
 ProgressFn = Callable[[float, float | None], None]
+# A job's input bytes by role: "image", "audio" and, with two speakers, "audio2".
+Inputs = Mapping[str, bytes]
 
 
 class Engine(Protocol):
     """What a sampler replica runs: settings and input bytes in, an MP4 at ``out_path`` out."""
 
     def run(
-        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
     ) -> EngineOutput: ...
 
 
@@ -188,12 +190,11 @@ class JobRunner:
 
         started = time.perf_counter()
         try:
-            image = self._storage.get_bytes(record.inputs["image"].key)
-            audio = self._storage.get_bytes(record.inputs["audio"].key)
+            inputs = {role: self._storage.get_bytes(staged.key) for role, staged in record.inputs.items()}
             fetch_seconds = time.perf_counter() - started
             with tempfile.TemporaryDirectory(prefix="infinitetalk-") as workdir:
                 out_path = Path(workdir) / "video.mp4"
-                result = self._engine.run(record.settings, image, audio, out_path, progress)
+                result = self._engine.run(record.settings, inputs, out_path, progress)
                 upload_started = time.perf_counter()
                 key = output_key(record.tenant, request_id, run_token(worker_id))
                 self._storage.put_file(key, out_path, "video/mp4")

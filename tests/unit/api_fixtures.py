@@ -27,7 +27,7 @@ from serve.api.routes import create_api
 from serve.api.schemas import SubmitRequest
 from serve.config import AppConfig, AuthConfig, FetchConfig, QueueConfig, RedisConfig, StorageConfig
 from serve.jobs.records import InputSource, JobRecord, JobSettings, StagedInput
-from serve.jobs.runner import EngineOutput, JobRunner, ProgressFn
+from serve.jobs.runner import EngineOutput, Inputs, JobRunner, ProgressFn
 from serve.services import Services
 from serve.storage import input_key
 
@@ -126,13 +126,13 @@ class OkEngine:
     """Reports progress once and writes a tiny real MP4."""
 
     calls: int = 0
-    seen: list[tuple[JobSettings, bytes, bytes]] = field(default_factory=list)
+    seen: list[tuple[JobSettings, Inputs]] = field(default_factory=list)
 
     def run(
-        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
         self.calls += 1
-        self.seen.append((settings, image, audio))
+        self.seen.append((settings, inputs))
         progress(0.5, 0.1)
         write_tiny_mp4(out_path)
         return EngineOutput(
@@ -155,7 +155,7 @@ class FailingEngine:
     calls: int = 0
 
     def run(
-        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
         self.calls += 1
         raise self.error
@@ -168,7 +168,7 @@ class CrashingEngine:
     calls: int = 0
 
     def run(
-        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
         self.calls += 1
         raise RuntimeError("CUDA out of memory at /secret/path/model.py:42")
@@ -187,7 +187,7 @@ class SlowEngine:
         self.finished = 0
 
     def run(
-        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
         self.calls += 1
         self.steps = 0
@@ -210,7 +210,7 @@ class HangingEngine:
         self.release = threading.Event()
 
     def run(
-        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
         progress(0.1, None)
         self.started.set()

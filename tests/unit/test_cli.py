@@ -184,3 +184,38 @@ def test_frames_auto_makes_the_video_as_long_as_the_speech(capsys, tmp_path, ass
         stream = container.streams.audio[0]
         seconds = sum(f.samples for f in container.decode(audio=0)) / stream.codec_context.sample_rate
     assert abs(seconds - 32 / 25) < 0.07  # AAC pads to its 1024-sample frames
+
+
+def test_boxes_without_a_second_speaker_are_refused(capsys, tmp_path, assets):
+    args = _args(
+        assets / "portrait.png", assets / "speech.wav", tmp_path / "o.mp4", "--left-box", "0,0,10,10"
+    )
+    code, err = _run(capsys, *args, "--right-box", "10,0,20,10")
+    assert code == 2 and "--audio2" in err
+
+
+def test_one_box_of_two_is_refused(capsys, tmp_path, assets):
+    args = _args(assets / "portrait.png", assets / "speech.wav", tmp_path / "o.mp4")
+    code, err = _run(capsys, *args, "--audio2", str(assets / "speech.wav"), "--left-box", "0,0,10,10")
+    assert code == 2 and "both --left-box and --right-box" in err
+
+
+@pytest.mark.parametrize("box", ["1,2,3", "a,b,c,d", "1,2,3,4,5"])
+def test_a_malformed_box_is_refused_by_the_parser(capsys, box):
+    with pytest.raises(SystemExit) as exited:
+        main(["generate", "--image", "a.png", "--audio", "a.wav", "--out", "o.mp4", "--left-box", box])
+    assert exited.value.code == 2 and "LEFT,TOP,RIGHT,BOTTOM" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_speakers_one_after_the_other_last_as_long_as_both(capsys, tmp_path, assets):
+    _write_wav(tmp_path / "left.wav", 0.6)
+    _write_wav(tmp_path / "right.wav", 0.8)
+    out = tmp_path / "two.mp4"
+    args = ["--image", str(assets / "portrait.png"), "--audio", str(tmp_path / "left.wav")]
+    options = ["--audio2", str(tmp_path / "right.wav"), "--order", "left_right", "--frames", "auto"]
+    code, err = _run(capsys, *args, "--out", str(out), *options, "--size", "64x64", "--steps", "1")
+    assert code == 0, err
+    assert "(35 frames, 64x64)" in err  # 1.4 s of speech in turn
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 35

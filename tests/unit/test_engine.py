@@ -29,8 +29,7 @@ def test_a_job_runs_with_its_guidance_scales_and_frame_count(tiny_components, as
     try:
         result = engine.run(
             settings,
-            (assets / "portrait.png").read_bytes(),
-            (assets / "speech.wav").read_bytes(),
+            {"image": (assets / "portrait.png").read_bytes(), "audio": (assets / "speech.wav").read_bytes()},
             out,
             lambda fraction, eta: reported.append(fraction),
         )
@@ -41,3 +40,34 @@ def test_a_job_runs_with_its_guidance_scales_and_frame_count(tiny_components, as
     assert result.reproducibility["frames"] == 37 and reported[-1] == 1.0
     with av.open(str(out)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 37
+
+
+@pytest.mark.slow
+def test_a_two_speaker_job_encodes_each_track_and_records_the_order(tiny_components, assets, tmp_path):
+    settings = dataclasses.replace(
+        SEED_SETTINGS,
+        width=64,
+        height=64,
+        frames=29,
+        steps=1,
+        order="left_right",
+        boxes=((0, 0, 60, 90), (60, 0, 120, 90)),
+    )
+    encoded: list[int] = []
+
+    def encode(speech, frames):
+        encoded.append(speech.size)
+        return encode_speech(tiny_components.audio_encoder, speech, frames)
+
+    speech = (assets / "speech.wav").read_bytes()
+    out = tmp_path / "video.mp4"
+    result = PipelineEngine(tiny_components, encode).run(
+        settings,
+        {"image": (assets / "portrait.png").read_bytes(), "audio": speech, "audio2": speech},
+        out,
+        lambda fraction, eta: None,
+    )
+    assert len(encoded) == 2 and encoded[0] == encoded[1]  # both tracks, laid out in turn: equal lengths
+    assert (result.reproducibility["speakers"], result.reproducibility["order"]) == (2, "left_right")
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 29

@@ -134,7 +134,8 @@ def test_audio_guidance_passes_see_silence_and_the_negative_prompt_as_the_refere
 ):
     seen: list[dict[str, torch.Tensor]] = []
     hook = tiny_components.transformer.register_forward_pre_hook(
-        lambda _m, _a, kwargs: seen.append({k: v.clone() for k, v in kwargs.items()}), with_kwargs=True
+        lambda _m, _a, kwargs: seen.append({k: v.clone() for k, v in kwargs.items() if v is not None}),
+        with_kwargs=True,
     )
     encoder = tiny_components.text_encoder
     try:

@@ -345,7 +345,7 @@ def test_serve_port_agrees_everywhere(rendered):
 def test_ingress_lets_the_largest_request_body_through(rendered):
     _, docs = rendered
     fetch = app_config(serve_config(docs)).fetch
-    app_limit = 2 * max(fetch.max_image_bytes, fetch.max_audio_bytes) * 4 // 3 + BODY_SLACK_BYTES
+    app_limit = (fetch.max_image_bytes + 2 * fetch.max_audio_bytes) * 4 // 3 + BODY_SLACK_BYTES
     annotations = one(docs, "Ingress")["metadata"]["annotations"]
     nginx_limit = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
     assert quantity(nginx_limit.replace("m", "Mi")) >= app_limit

@@ -258,8 +258,8 @@ def test_completed_result_and_download(http, stack) -> None:
     engine = OkEngine()
     assert stack.claim_and_run(engine) is JobStatus.COMPLETED
     assert engine.calls == 1
-    settings, image, _ = engine.seen[0]
-    assert settings.seed == 96860978 and image == (ASSETS / "portrait.png").read_bytes()
+    settings, inputs = engine.seen[0]
+    assert settings.seed == 96860978 and inputs["image"] == (ASSETS / "portrait.png").read_bytes()
 
     current = status_of(http, request_id)
     assert current["status"] == "completed" and current["progress"] == 1.0
@@ -796,8 +796,8 @@ def test_upload_then_submit_with_the_file_ids(http, stack) -> None:
     submit(http, **{"284_image": uploaded["file_id"], "125_audio": audio_id})
     engine = OkEngine()
     stack.claim_and_run(engine)
-    _, seen_image, seen_audio = engine.seen[0]
-    assert (seen_image, seen_audio) == (image, audio)
+    _, seen = engine.seen[0]
+    assert dict(seen) == {"image": image, "audio": audio}
 
     # Another tenant cannot use the ids.
     response = http.post(MODEL_PATH, json={**SEED_BODY, "284_image": uploaded["file_id"]}, headers=BETA)

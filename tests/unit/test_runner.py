@@ -22,7 +22,7 @@ from api_fixtures import (
 
 from pipeline.errors import ImageError
 from serve.jobs.records import RETRIES_EXHAUSTED, TIME_LIMIT, JobSettings, JobStatus
-from serve.jobs.runner import EngineOutput, ProgressFn
+from serve.jobs.runner import EngineOutput, Inputs, ProgressFn
 from serve.jobs.worker import JobWorker
 
 LEASE = 60.0
@@ -43,8 +43,9 @@ def test_a_job_runs_to_completion(stack) -> None:
     request_id = stack.enqueue()
     engine = OkEngine()
     assert stack.claim_and_run(engine) is JobStatus.COMPLETED
-    settings, image, audio = engine.seen[0]
-    assert (settings.width, settings.height, settings.steps) == (720, 720, 7) and image and audio
+    settings, inputs = engine.seen[0]
+    assert (settings.width, settings.height, settings.steps) == (720, 720, 7)
+    assert set(inputs) == {"image", "audio"} and all(inputs.values())
     record = stack.store.get(request_id)
     assert record.status is JobStatus.COMPLETED and record.progress == 1.0
     assert record.output_key == f"outputs/alpha/{request_id}/run1/video.mp4"
@@ -105,12 +106,12 @@ class StolenEngine:
         self.stack = stack
 
     def run(
-        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
         self.stack.clock.advance(LEASE + 1)
         self.stack.store.reap()
         assert self.stack.claim_and_run(OkEngine(), "replica-2:winner") is JobStatus.COMPLETED
-        return OkEngine().run(settings, image, audio, out_path, lambda fraction, eta: None)
+        return OkEngine().run(settings, inputs, out_path, lambda fraction, eta: None)
 
 
 def test_a_stale_run_never_replaces_the_winners_output(stack) -> None:
@@ -128,9 +129,9 @@ def test_a_stale_run_never_replaces_the_winners_output(stack) -> None:
 
 class StolenThenFailingEngine(StolenEngine):
     def run(
-        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
-        super().run(settings, image, audio, out_path, progress)
+        super().run(settings, inputs, out_path, progress)
         raise ImageError("284_image: unreadable")
 
 
@@ -190,9 +191,9 @@ class CancelledAfterLastStepEngine:
         self.stack, self.request_id = stack, request_id
 
     def run(
-        self, settings: JobSettings, image: bytes, audio: bytes, out_path: Path, progress: ProgressFn
+        self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
-        output = OkEngine().run(settings, image, audio, out_path, progress)
+        output = OkEngine().run(settings, inputs, out_path, progress)
         assert self.stack.store.cancel(self.request_id, "alpha").pending
         return output
 

@@ -1,0 +1,130 @@
+"""The generation settings every submit endpoint takes, as pydantic fields: one definition, each endpoint
+naming them its way (the seed's node ids, or the later endpoints' plain names)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import Field
+
+SEED_MIN = -(2**63)
+# torch.manual_seed takes signed and unsigned 64-bit seeds; ComfyUI-style clients send seeds up to 2**64 - 1.
+SEED_MAX = 2**64 - 1
+AUDIO_CFG_MIN = 0.5
+AUDIO_CFG_MAX = 10.0
+
+# "W x H (aspect)", in the order of the seed page.
+SizeOption = Literal[
+    "480x480 (1:1)",
+    "720x720 (1:1)",
+    "480x720 (2:3)",
+    "720x480 (3:2)",
+    "540x960 (9:16)",
+    "576x1024 (9:16)",
+    "720x1280 (9:16)",
+    "960x540 (16:9)",
+    "1024x576 (16:9)",
+    "1280x720 (16:9)",
+]
+FrameCount = Literal[125, 250]
+SIZE_OPTIONS: tuple[str, ...] = get_args(SizeOption)
+
+
+def size_field(alias: str | None = None) -> Any:
+    return Field(
+        "720x720 (1:1)",
+        alias=alias,
+        title="Resolution (W:H)",
+        description="Width x height of the video in pixels.",
+    )
+
+
+def frames_field(alias: str | None = None) -> Any:
+    return Field(
+        125,
+        alias=alias,
+        title="Number of Frames",
+        description="Length of the video in frames at 25 fps (125 = 5 s, 250 = 10 s).",
+    )
+
+
+def seed_field(alias: str | None = None) -> Any:
+    return Field(
+        96860978,
+        alias=alias,
+        strict=True,
+        ge=SEED_MIN,
+        le=SEED_MAX,
+        title="Seed",
+        description="Random seed; the same seed and inputs reproduce the same video on the same setup.",
+    )
+
+
+def steps_field(alias: str | None = None) -> Any:
+    return Field(
+        7,
+        alias=alias,
+        strict=True,
+        ge=6,
+        le=20,
+        title="Steps",
+        description="Number of denoising iterations; more steps refine detail and stability but take longer.",
+    )
+
+
+def shift_field(alias: str | None = None) -> Any:
+    return Field(
+        11,
+        alias=alias,
+        strict=True,
+        ge=1,
+        le=15,
+        allow_inf_nan=False,
+        title="Shift",
+        description=(
+            "Offsets the diffusion sampling schedule, trading stability for stronger motion/style as the "
+            "value increases."
+        ),
+    )
+
+
+def cfg_field(alias: str | None = None) -> Any:
+    return Field(
+        1,
+        alias=alias,
+        strict=True,
+        ge=0.6,
+        le=2,
+        allow_inf_nan=False,
+        title="Guidance Scale",
+        description=(
+            "Controls how strongly the output adheres to the prompt versus allowing creative variation."
+        ),
+    )
+
+
+def audio_cfg_field() -> Any:
+    return Field(
+        1,
+        strict=True,
+        ge=AUDIO_CFG_MIN,
+        le=AUDIO_CFG_MAX,
+        allow_inf_nan=False,
+        title="Audio Guidance Scale",
+        description=(
+            "Extension: how strongly the lips follow the speech. 1 adds no model pass; another value adds "
+            "one per step (the reference suggests 2 with a step-distilled LoRA, 4 without)."
+        ),
+    )
+
+
+def match_audio_length_field() -> Any:
+    return Field(
+        False,
+        strict=True,
+        title="Match Audio Length",
+        description=(
+            "Extension: make the video exactly as long as the speech (whole frames at 25 fps, up to the "
+            "server's cap, 1000 frames = 40 s by default), instead of the frame count."
+        ),
+    )
