@@ -3,9 +3,10 @@ naming them its way (the seed's node ids, or the later endpoints' plain names)."
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 SEED_MIN = -(2**63)
 # torch.manual_seed takes signed and unsigned 64-bit seeds; ComfyUI-style clients send seeds up to 2**64 - 1.
@@ -26,8 +27,34 @@ SizeOption = Literal[
     "1024x576 (16:9)",
     "1280x720 (16:9)",
 ]
-FrameCount = Literal[125, 250]
 SIZE_OPTIONS: tuple[str, ...] = get_args(SizeOption)
+
+
+def _not_blank(value: str) -> str:
+    if not value:
+        raise PydanticCustomError("string_empty", "must not be empty or only whitespace")
+    return value
+
+
+def _integer(value: object) -> object:
+    # A Literal accepts 125.0, and "125" is close enough to slip through other paths: insist on an integer.
+    if type(value) is not int:
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+#: A string field that is stripped and must not end up empty (prompts, input references).
+Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True), AfterValidator(_not_blank)]
+FrameCount = Annotated[Literal[125, 250], BeforeValidator(_integer)]
+
+
+def resolve_frames(frames: int, match_audio_length: bool, speech_frames: int | None) -> int:
+    """The job's frame count: the request's, or with ``match_audio_length`` the speech's (required then)."""
+    if not match_audio_length:
+        return frames
+    if speech_frames is None:
+        raise ValueError("match_audio_length needs the speech's frame count")
+    return speech_frames
 
 
 def size_field(alias: str | None = None) -> Any:

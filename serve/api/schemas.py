@@ -12,20 +12,21 @@ import copy
 import hashlib
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field
 
 from serve import fields
 from serve.api.knobs import (
     SIZE_OPTIONS,
     FrameCount,
     SizeOption,
+    Text,
     audio_cfg_field,
     cfg_field,
     frames_field,
     match_audio_length_field,
+    resolve_frames,
     seed_field,
     shift_field,
     size_field,
@@ -53,22 +54,20 @@ def _parse_size(option: str) -> tuple[int, int]:
 
 SIZES: dict[str, tuple[int, int]] = {option: _parse_size(option) for option in SIZE_OPTIONS}
 
-_Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True)]
-
 
 class SubmitRequest(BaseModel):
     """The body of ``POST /v1/models/community/infinite-talk/image-to-video``."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, title="Input")
 
-    prompt: _Text = Field(
+    prompt: Text = Field(
         alias=fields.PROMPT,
         max_length=MAX_PROMPT_CHARS,
         title="Prompt",
         description=f"What the video shows; a non-empty sentence of at most {MAX_PROMPT_CHARS} characters.",
         examples=[DEFAULT_PROMPT],
     )
-    image: _Text = Field(
+    image: Text = Field(
         alias=fields.IMAGE,
         title="Image",
         description=(
@@ -77,7 +76,7 @@ class SubmitRequest(BaseModel):
         ),
         examples=[EXAMPLE_IMAGE],
     )
-    audio: _Text = Field(
+    audio: Text = Field(
         alias=fields.AUDIO,
         title="Audio",
         description=(
@@ -95,21 +94,6 @@ class SubmitRequest(BaseModel):
     audio_cfg: float = audio_cfg_field()
     match_audio_length: bool = match_audio_length_field()
 
-    @field_validator("prompt", "image", "audio")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value:
-            raise PydanticCustomError("string_empty", "must not be empty or only whitespace")
-        return value
-
-    @field_validator("frames", mode="before")
-    @classmethod
-    def _frames_is_integer(cls, value: object) -> object:
-        # A Literal accepts 125.0 and "125" is close enough to slip through other paths; insist on an integer.
-        if type(value) is not int:
-            raise PydanticCustomError("int_type", "Input should be a valid integer")
-        return value
-
     def references(self) -> dict[str, tuple[str, str]]:
         """The inputs to fetch: role → (request field, reference)."""
         return {"image": (fields.IMAGE, self.image), "audio": (fields.AUDIO, self.audio)}
@@ -122,11 +106,7 @@ class SubmitRequest(BaseModel):
         """The engine's settings; ``speech_frames`` (the speech's length in frames, capped) is the frame count
         when ``match_audio_length`` is set, and required then."""
         width, height = SIZES[self.size]
-        frames = self.frames
-        if self.match_audio_length:
-            if speech_frames is None:
-                raise ValueError("match_audio_length needs the speech's frame count")
-            frames = speech_frames
+        frames = resolve_frames(self.frames, self.match_audio_length, speech_frames)
         return JobSettings(
             prompt=self.prompt,
             width=width,

@@ -10,17 +10,19 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from serve import fields
 from serve.api.knobs import (
     FrameCount,
     SizeOption,
+    Text,
     audio_cfg_field,
     cfg_field,
     frames_field,
     match_audio_length_field,
+    resolve_frames,
     seed_field,
     shift_field,
     size_field,
@@ -32,7 +34,6 @@ from serve.jobs.records import JobSettings
 
 DEFAULT_TWO_SPEAKER_PROMPT = "two people are talking to each other"
 
-_Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True)]
 _Coordinate = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
 Box = Annotated[list[_Coordinate], Field(min_length=4, max_length=4)]
 
@@ -67,14 +68,14 @@ def _box_field(side: str) -> object:
 class TwoSpeakerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="Input")
 
-    image: _Text = Field(
+    image: Text = Field(
         title="Image",
         description=f"The portrait of both people: {_REFERENCE_FORMS} {EXAMPLE_IMAGE!r}.",
         examples=[EXAMPLE_IMAGE],
     )
-    left_audio: _Text = _speech_field("left")
-    right_audio: _Text = _speech_field("right")
-    prompt: _Text = Field(
+    left_audio: Text = _speech_field("left")
+    right_audio: Text = _speech_field("right")
+    prompt: Text = Field(
         DEFAULT_TWO_SPEAKER_PROMPT,
         max_length=MAX_PROMPT_CHARS,
         title="Prompt",
@@ -98,20 +99,6 @@ class TwoSpeakerRequest(BaseModel):
     cfg: float = cfg_field()
     audio_cfg: float = audio_cfg_field()
     match_audio_length: bool = match_audio_length_field()
-
-    @field_validator("image", "left_audio", "right_audio", "prompt")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value:
-            raise PydanticCustomError("string_empty", "must not be empty or only whitespace")
-        return value
-
-    @field_validator("frames", mode="before")
-    @classmethod
-    def _frames_is_integer(cls, value: object) -> object:
-        if type(value) is not int:
-            raise PydanticCustomError("int_type", "Input should be a valid integer")
-        return value
 
     @field_validator("left_box", "right_box")
     @classmethod
@@ -143,11 +130,7 @@ class TwoSpeakerRequest(BaseModel):
 
     def to_settings(self, speech_frames: int | None = None) -> JobSettings:
         width, height = SIZES[self.resolution]
-        frames = self.frames
-        if self.match_audio_length:
-            if speech_frames is None:
-                raise ValueError("match_audio_length needs the speech's frame count")
-            frames = speech_frames
+        frames = resolve_frames(self.frames, self.match_audio_length, speech_frames)
         boxes = None
         if self.left_box is not None and self.right_box is not None:
             boxes = (tuple(self.left_box), tuple(self.right_box))
