@@ -124,3 +124,25 @@ def hours_long_flac(hours: float = 1.0, rate: int = 8000) -> bytes:
         for packet in stream.encode(None):
             container.mux(packet)
     return buffer.getvalue()
+
+
+@cache
+def counting_video(seconds: float = 3.0, fps: int = 10, width: int = 96, height: int = 64) -> bytes:
+    """An H.264 MP4 whose frame ``i`` is one flat grey of level ``8·i mod 256``, so a test can tell which
+    source frame it was given (x264 keeps a flat frame within a level or two)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(round(seconds * fps)):
+            pixels = np.full((height, width, 3), counting_level(index), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def counting_level(index: int) -> int:
+    """The grey level of ``counting_video``'s frame ``index``."""
+    return 8 * index % 256

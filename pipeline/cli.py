@@ -19,10 +19,14 @@ from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
 from pipeline.presets import NEGATIVE_PROMPT, PRESETS, Fp8Mode
 from pipeline.progress import Progress
 from pipeline.sizes import parse_size
+from pipeline.source_video import chunk_references, dubbing_size, probe_video
 from pipeline.streaming import DEFAULT_MAX_SPEECH_FRAMES, speech_frame_count
 from pipeline.two_speakers import Box, SpeakingOrder, arrange_speech
 
 logger = logging.getLogger("pipeline")
+
+DEFAULT_SIZE = "720x720"
+DEFAULT_FRAMES = 125
 
 
 def parse_lora(text: str) -> LoraSpec:
@@ -65,7 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate one talking video")
-    gen.add_argument("--image", required=True, type=Path, help="portrait image (png, jpg, webp ...)")
+    reference = gen.add_mutually_exclusive_group(required=True)
+    reference.add_argument("--image", type=Path, help="portrait image (png, jpg, webp ...)")
+    reference.add_argument(
+        "--video",
+        type=Path,
+        help="dub this video instead: each chunk follows the source's frame at its start; the output keeps "
+        "the source's size (scaled down to fit 1280x720 pixels of area) and is as long as the speech",
+    )
     gen.add_argument("--audio", required=True, type=Path, help="speech (wav, mp3, m4a, ogg, flac ...)")
     gen.add_argument(
         "--audio2",
@@ -84,13 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--right-box", type=parse_box, help="with --audio2: the right person's box")
     gen.add_argument("--prompt", default="a person is talking", help="what the video shows")
     gen.add_argument("--negative-prompt", default=NEGATIVE_PROMPT)
-    gen.add_argument("--size", default="720x720", help="output WIDTHxHEIGHT (default 720x720)")
+    gen.add_argument("--size", help="output WIDTHxHEIGHT (default 720x720; with --video, the source's)")
     gen.add_argument(
         "--frames",
         type=frame_count,
-        default=125,
-        help="output frames at 25 fps (default 125 = 5 s), or 'auto': as long as the speech, at most "
-        "--max-frames",
+        help="output frames at 25 fps (default 125 = 5 s; with --video, auto), or 'auto': as long as the "
+        "speech, at most --max-frames",
     )
     gen.add_argument(
         "--max-frames",
@@ -156,18 +166,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def generate(args: argparse.Namespace) -> Path:
-    width, height = parse_size(args.size)
+    if args.video is not None and args.size is not None:
+        raise InputError("--size goes with --image; a dubbed video keeps its source's size")
+    if args.video is not None and args.audio2 is not None:
+        raise InputError("--video dubs one speaker; --audio2 goes with --image")
     loras = [parse_lora(text) for text in args.lora]
-    image = load_image(args.image)
     speech = decode_audio(args.audio)
     speech2 = decode_audio(args.audio2) if args.audio2 else None
     boxes = _boxes(args)
-    frames = args.frames
+    frames = args.frames if args.frames is not None or args.video is not None else DEFAULT_FRAMES
     if frames is None:
         tracks = (speech,) if speech2 is None else arrange_speech(speech, speech2, SpeakingOrder(args.order))
         frames = speech_frame_count(tracks[0].size / SAMPLE_RATE, args.max_frames)
         if frames < 1:
             raise InputError(f"{args.audio}: the speech is shorter than one video frame (40 ms)")
+    source_frames = None
+    if args.video is not None:
+        probe_video(args.video)
+        source_frames = chunk_references(args.video, frames)
+        image = source_frames[0]
+        width, height = dubbing_size(*image.size)
+    else:
+        image = load_image(args.image)
+        width, height = parse_size(args.size or DEFAULT_SIZE)
     preset = args.preset or ("infinitetalk-14b" if args.weights else "tiny")
     started = time.perf_counter()
     components = load_components(
@@ -199,6 +220,7 @@ def generate(args: argparse.Namespace) -> Path:
         speech2=speech2,
         order=SpeakingOrder(args.order),
         boxes=boxes,
+        source_frames=source_frames,
         seed=args.seed,
         color_correction=args.color_correction,
     )

@@ -30,6 +30,10 @@ class AudioError(InputError):
     code = "invalid_audio"
 
 
+class VideoError(InputError):
+    code = "invalid_video"
+
+
 class SizeError(InputError):
     code = "invalid_size"
 

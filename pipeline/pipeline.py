@@ -73,6 +73,13 @@ class GenerationRequest:
     speech2: np.ndarray | None = None
     order: SpeakingOrder = SpeakingOrder.MEANWHILE
     boxes: tuple[Box, Box] | None = None
+    #: Video-to-video: one reference frame per chunk, the source video's frame at that chunk's start
+    #: (``pipeline.source_video.frames_at``); ``image`` is the first, and the colour reference throughout.
+    source_frames: tuple[Image.Image, ...] | None = None
+
+    def chunk_reference(self, chunk: int) -> Image.Image:
+        """The frame chunk ``chunk`` is conditioned on: the portrait, or the source video's frame."""
+        return self.image if self.source_frames is None else self.source_frames[chunk]
 
     @property
     def two_speakers(self) -> bool:
@@ -253,6 +260,16 @@ class InfiniteTalkPipeline:
                 raise InputError("speaker boxes go with two speakers (speech2)")
             for name, box in zip(("left speaker", "right speaker"), request.boxes, strict=True):
                 box.check(name, request.image.size)
+        if request.source_frames is not None:
+            chunks = len(plan_chunks(request.frames))
+            if len(request.source_frames) != chunks:
+                raise InputError(
+                    f"{request.frames} frames take {chunks} source frames (one per chunk), "
+                    f"got {len(request.source_frames)}"
+                )
+            sizes = {frame.size for frame in request.source_frames}
+            if sizes != {request.image.size}:
+                raise InputError(f"source frames differ in size from the first one: {sorted(sizes)}")
 
     # -- the whole generation -------------------------------------------------------------------------
 
@@ -316,11 +333,10 @@ class InfiniteTalkPipeline:
             encoded = parts.text_encoder.encode(prompts).to(self.dtype)
             text = encoded[[1 if condition.negative_prompt else 0 for condition in passes]]
 
-        # 3. Portrait → pixels at the working size, CLIP tokens, the 20-channel ``y`` and its clean latent.
+        # 3. Portrait (or the first source frame) → pixels at the working size, CLIP tokens, the 20-channel
+        # ``y`` and its clean latent; video-to-video renews the first three for each chunk's source frame.
         with timer("image_encode"):
-            portrait = portrait_tensor(request.image, width, height).to(self.device)
-            clip_tokens = parts.image_encoder(portrait.to(self.dtype))
-            y = parts.vae.image_condition(portrait.to(parts.vae_dtype), CHUNK_FRAMES).to(self.dtype)
+            portrait, clip_tokens, y = self._condition(request.image, width, height)
             first_latent = y[:, -parts.latent_channels :, :1]
             masks = None
             if request.two_speakers:
@@ -330,8 +346,6 @@ class InfiniteTalkPipeline:
 
         # 4. Chunk by chunk: denoise, decode, re-encode the last 9 frames as the next chunk's motion frames.
         batch = len(passes)
-        clip_batch = clip_tokens.expand(batch, -1, -1)
-        y_batch = y.expand(batch, -1, -1, -1, -1)
         sigmas = flow_matching_sigmas(request.steps, request.shift)
         generator = torch.Generator("cpu").manual_seed(request.seed % 2**63)
         latent_shape = (
@@ -346,6 +360,11 @@ class InfiniteTalkPipeline:
         chunk_latents: list[torch.Tensor] = []
         tracker.restart_clock()
         for chunk in chunks:
+            if chunk.index > 0 and request.source_frames is not None:
+                with timer("image_encode"):
+                    _, clip_tokens, y = self._condition(request.chunk_reference(chunk.index), width, height)
+            clip_batch = clip_tokens.expand(batch, -1, -1)
+            y_batch = y.expand(batch, -1, -1, -1, -1)
             with timer("sampling"):
                 noise = torch.randn(latent_shape, generator=generator, dtype=torch.float32)
                 latent = noise.to(self.device, self.dtype)
@@ -391,6 +410,16 @@ class InfiniteTalkPipeline:
         video = torch.cat(pieces, dim=1)[:, : request.frames]
         video = resize_video(video, request.width, request.height)
         return GenerationOutput(video, chunk_latents, (width, height), timer.seconds)
+
+    def _condition(
+        self, image: Image.Image, width: int, height: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A reference image → its pixels at the working size, its CLIP tokens and the chunk's ``y``."""
+        parts = self.components
+        pixels = portrait_tensor(image, width, height).to(self.device)
+        clip_tokens = parts.image_encoder(pixels.to(self.dtype))
+        y = parts.vae.image_condition(pixels.to(parts.vae_dtype), CHUNK_FRAMES).to(self.dtype)
+        return pixels, clip_tokens, y
 
     def generate_to_file(
         self,

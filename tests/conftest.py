@@ -24,7 +24,9 @@ def example_request():
     image, speech = load_image(ASSETS / "portrait.png"), decode_audio(ASSETS / "speech.wav")
 
     def make(**fields):
-        return GenerationRequest(image=image, speech=speech, prompt="a woman is talking", **fields)
+        return GenerationRequest(
+            **{"image": image, "speech": speech, "prompt": "a woman is talking", **fields}
+        )
 
     return make
 
