@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
@@ -27,6 +28,7 @@ logger = logging.getLogger("pipeline")
 
 DEFAULT_SIZE = "720x720"
 DEFAULT_FRAMES = 125
+AUTO = "auto"
 
 
 def parse_lora(text: str) -> LoraSpec:
@@ -60,9 +62,9 @@ def parse_box(text: str) -> Box:
         raise argparse.ArgumentTypeError(f"{text!r} is not LEFT,TOP,RIGHT,BOTTOM (four numbers)") from None
 
 
-def frame_count(text: str) -> int | None:
-    """argparse type: ``auto`` (None: as long as the speech) or a frame count ≥ 1."""
-    return None if text == "auto" else positive_int(text)
+def frame_count(text: str) -> int | Literal["auto"]:
+    """argparse type: ``auto`` (as long as the speech) or a frame count ≥ 1."""
+    return AUTO if text == AUTO else positive_int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,8 +176,8 @@ def generate(args: argparse.Namespace) -> Path:
     speech = decode_audio(args.audio)
     speech2 = decode_audio(args.audio2) if args.audio2 else None
     boxes = _boxes(args)
-    frames = args.frames if args.frames is not None or args.video is not None else DEFAULT_FRAMES
-    if frames is None:
+    frames = args.frames or (AUTO if args.video is not None else DEFAULT_FRAMES)
+    if frames == AUTO:
         tracks = (speech,) if speech2 is None else arrange_speech(speech, speech2, SpeakingOrder(args.order))
         frames = speech_frame_count(tracks[0].size / SAMPLE_RATE, args.max_frames)
         if frames < 1:
