@@ -7,15 +7,20 @@ queued, and checking that a completed job's result is one single, downloadable v
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 MODEL_PATH = "/v1/models/community/infinite-talk/image-to-video"
+TWO_SPEAKER_PATH = "/v1/models/community/infinite-talk/fast/multi"
+VIDEO_TO_VIDEO_PATH = "/v1/models/community/infinite-talk/video-to-video"
+#: The job modes a load test can mix, by the name ``--modes`` gives them, and their submit paths.
+MODE_PATHS = {"image": MODEL_PATH, "multi": TWO_SPEAKER_PATH, "video": VIDEO_TO_VIDEO_PATH}
 EXAMPLE_IMAGE = "Runcomfy_example_1278_1.png"
 EXAMPLE_AUDIO = "Runcomfy_example_1278_1.mp3"
 DEFAULT_PROMPT = "a woman is talking and waving hands"
@@ -46,6 +51,69 @@ def job_body(
     if seed is not None:
         body["128_seed"] = seed
     return body
+
+
+def two_speaker_body(
+    *,
+    image: str = EXAMPLE_IMAGE,
+    left_audio: str = EXAMPLE_AUDIO,
+    right_audio: str = EXAMPLE_AUDIO,
+    order: str = "meanwhile",
+    resolution: str = SMALLEST_SIZE,
+    frames: int = 125,
+    steps: int = 6,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """A ``/fast/multi`` body; the defaults are the cheapest two-speaker job."""
+    body: dict[str, Any] = {
+        "image": image,
+        "left_audio": left_audio,
+        "right_audio": right_audio,
+        "order": order,
+        "resolution": resolution,
+        "frames": frames,
+        "steps": steps,
+    }
+    return body if seed is None else {**body, "seed": seed}
+
+
+def dubbing_body(
+    *,
+    video: str,
+    audio: str = EXAMPLE_AUDIO,
+    frames: int | None = 125,
+    steps: int = 6,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """A ``/video-to-video`` body (``frames=None``: as long as the speech)."""
+    body: dict[str, Any] = {"video": video, "audio": audio, "steps": steps}
+    if frames is not None:
+        body["frames"] = frames
+    return body if seed is None else {**body, "seed": seed}
+
+
+def mode_cycle(weights: dict[str, int]) -> Iterator[str]:
+    """The job modes in a fixed, repeating order, each as often per round as its weight: a short run still
+    sees every mode (a random draw might not), and in the mix the weights ask for."""
+    return itertools.cycle([mode for mode, weight in weights.items() for _ in range(weight)])
+
+
+def parse_modes(text: str) -> dict[str, int]:
+    """``image:8,multi:1,video:1`` → the weight of each job mode (a bare name weighs 1)."""
+    weights: dict[str, int] = {}
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        name, _, weight = part.partition(":")
+        if name not in MODE_PATHS:
+            raise ValueError(f"unknown job mode {name!r}; choose among {', '.join(MODE_PATHS)}")
+        try:
+            weights[name] = int(weight or 1)
+        except ValueError:
+            raise ValueError(f"the weight of {name!r} must be an integer, got {weight!r}") from None
+        if weights[name] < 0:
+            raise ValueError(f"the weight of {name!r} must not be negative")
+    if not any(weights.values()):
+        raise ValueError(f"no job mode with a positive weight in {text!r}")
+    return weights
 
 
 @dataclass
@@ -113,8 +181,11 @@ class ApiClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def submit(self, body: dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
-        return self.http.post(MODEL_PATH, json=job_body() if body is None else body, **kwargs)
+    def submit(
+        self, body: dict[str, Any] | None = None, *, path: str = MODEL_PATH, **kwargs: Any
+    ) -> httpx.Response:
+        """POST a job to ``path`` (the seed endpoint by default; its cheapest job without ``body``)."""
+        return self.http.post(path, json=job_body() if body is None else body, **kwargs)
 
     def status(self, request_id: str) -> httpx.Response:
         return self.http.get(f"/v1/requests/{request_id}/status")
@@ -138,9 +209,9 @@ class ApiClient:
                 return float(line.split()[1])
         raise KeyError(f"{name} is not in /metrics")
 
-    def submit_accepted(self, body: dict[str, Any] | None = None) -> str:
+    def submit_accepted(self, body: dict[str, Any] | None = None, *, path: str = MODEL_PATH) -> str:
         """Submit and insist on a 202; the request id."""
-        response = self.submit(body)
+        response = self.submit(body, path=path)
         if response.status_code != 202:
             raise AssertionError(f"submit answered {response.status_code}: {response.text[:500]}")
         return response.json()["request_id"]

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 
-from loadtest.client import MODEL_PATH
+from loadtest.client import MODE_PATHS, MODEL_PATH
 
 SUBMIT_NAME = MODEL_PATH
+#: Each job mode's submit entry (its path); the seed endpoint's is ``SUBMIT_NAME``.
+SUBMIT_NAMES = MODE_PATHS
 STATUS_NAME = "/v1/requests/[id]/status"
 RESULT_NAME = "/v1/requests/[id]/result"
 CANCEL_NAME = "/v1/requests/[id]/cancel"

@@ -9,9 +9,11 @@ Users:
   result of jobs other users submitted, ``/healthz``, and unknown ids (a 404 is the right answer there).
 
 URLs carrying an id are grouped (``/v1/requests/[id]/status``), so the statistics have one row per
-endpoint rather than one per job. The mix (``--mix``), the number of job users (``--job-users``) and the
-total job budget (``--max-jobs``) are Locust options, as are the token and the inputs; ``StepLoadShape``
-raises the user count to ``--users`` in ``--shape-steps`` equal steps over ``--run-time``.
+endpoint rather than one per job. ``--modes`` mixes the job kinds (portrait, two speakers, dubbing:
+``image:8,multi:1,video:1``), each on its own submit entry. The mix (``--mix``), the number of job users
+(``--job-users``) and the total job budget (``--max-jobs``) are Locust options, as are the token and the
+inputs; ``StepLoadShape`` raises the user count to ``--users`` in ``--shape-steps`` equal steps over
+``--run-time``.
 
 ``--ledger FILE`` appends one JSON line per accepted job, per terminal state seen and, at the end, the
 count of every HTTP status: ``python -m loadtest.run`` follows the accepted ids after the run from it, so a
@@ -24,6 +26,7 @@ web UI, or headless through ``python -m loadtest.run``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -31,14 +34,26 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gevent
 from locust import HttpUser, LoadTestShape, between, events, task
 from locust.env import Environment
 
-from loadtest.client import DEFAULT_TOKEN, EXAMPLE_AUDIO, EXAMPLE_IMAGE, SMALLEST_SIZE, TERMINAL, job_body
+from loadtest.client import (
+    DEFAULT_TOKEN,
+    EXAMPLE_AUDIO,
+    EXAMPLE_IMAGE,
+    SMALLEST_SIZE,
+    TERMINAL,
+    dubbing_body,
+    job_body,
+    mode_cycle,
+    parse_modes,
+    two_speaker_body,
+)
 from loadtest.entries import (
     DOWNLOAD_NAME,
     HEALTH_NAME,
@@ -47,9 +62,10 @@ from loadtest.entries import (
     MIXES,
     RESULT_NAME,
     STATUS_NAME,
-    SUBMIT_NAME,
+    SUBMIT_NAMES,
     UNKNOWN_NAME,
 )
+from loadtest.hostile_media import counting_video, data_uri
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +82,16 @@ def _add_arguments(parser: Any) -> None:
     group.add_argument("--token", default=DEFAULT_TOKEN, env_var="INFINITETALK_TOKEN", help="bearer token")
     group.add_argument("--image", default=EXAMPLE_IMAGE, help="284_image: URL, data: URI, file id or example")
     group.add_argument("--audio", default=EXAMPLE_AUDIO, help="125_audio: URL, data: URI, file id or example")
+    group.add_argument(
+        "--video",
+        default="",
+        help="video-to-video source: URL, data: URI or file id (default: a generated clip)",
+    )
+    group.add_argument(
+        "--modes",
+        default="image",
+        help="job modes and their weights, e.g. image:8,multi:1,video:1 (portrait, two speakers, dubbing)",
+    )
     group.add_argument("--size", default=SMALLEST_SIZE, help="245_valuex246_value of every job")
     group.add_argument("--frames", type=int, default=125, help="270_value of every job (125 or 250)")
     group.add_argument("--job-steps", type=int, default=6, help="128_steps of every job (6..20)")
@@ -125,6 +151,7 @@ def _configure(environment: Environment, **_: Any) -> None:
     JobUser.weight, StatusPollerUser.weight = job_weight, poller_weight
     if options.job_users:
         JobUser.fixed_count = options.job_users
+    JobUser.modes = mode_cycle(parse_modes(options.modes))
     LEDGER.open(options.ledger)
 
 
@@ -172,17 +199,39 @@ class JobUser(_ApiUser):
 
     weight = 1
     wait_time = between(0.5, 1.5)
+    #: ``--modes``: which job mode comes next, shared by every job user (``loadtest.client.mode_cycle``).
+    modes: ClassVar[Iterator[str]] = itertools.repeat("image")
 
-    def _body(self) -> dict[str, Any]:
+    def _job(self) -> tuple[str, dict[str, Any]]:
+        """The next job of the ``--modes`` mix: its submit path and body."""
         options = self.options
-        return job_body(
-            image=options.image,
-            audio=options.audio,
-            size=options.size,
-            frames=options.frames,
-            steps=options.job_steps,
-            seed=random.randrange(2**31),
-        )
+        mode = next(self.modes)
+        seed = random.randrange(2**31)
+        if mode == "multi":
+            body = two_speaker_body(
+                image=options.image,
+                left_audio=options.audio,
+                right_audio=options.audio,
+                resolution=options.size,
+                frames=options.frames,
+                steps=options.job_steps,
+                seed=seed,
+            )
+        elif mode == "video":
+            video = options.video or data_uri(counting_video(seconds=2.0), "video/mp4")
+            body = dubbing_body(
+                video=video, audio=options.audio, frames=options.frames, steps=options.job_steps, seed=seed
+            )
+        else:
+            body = job_body(
+                image=options.image,
+                audio=options.audio,
+                size=options.size,
+                frames=options.frames,
+                steps=options.job_steps,
+                seed=seed,
+            )
+        return SUBMIT_NAMES[mode], body
 
     @task
     def run_job(self) -> None:
@@ -209,7 +258,8 @@ class JobUser(_ApiUser):
         )
 
     def _submit(self) -> str | None:
-        with self.client.post(SUBMIT_NAME, json=self._body(), name=SUBMIT_NAME, catch_response=True) as resp:
+        path, body = self._job()
+        with self.client.post(path, json=body, name=path, catch_response=True) as resp:
             if resp.status_code == 202:
                 resp.success()
                 request_id = resp.json()["request_id"]

@@ -30,8 +30,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from loadtest.client import DEFAULT_TOKEN, EXAMPLE_AUDIO, EXAMPLE_IMAGE, SMALLEST_SIZE, ApiClient, DrainReport
-from loadtest.entries import JOB_NAME, MIXES, STATUS_NAME, SUBMIT_NAME, parse_timespan
+from loadtest.client import (
+    DEFAULT_TOKEN,
+    EXAMPLE_AUDIO,
+    EXAMPLE_IMAGE,
+    SMALLEST_SIZE,
+    ApiClient,
+    DrainReport,
+    parse_modes,
+)
+from loadtest.entries import JOB_NAME, MIXES, STATUS_NAME, SUBMIT_NAME, SUBMIT_NAMES, parse_timespan
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
@@ -88,6 +96,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image", default=EXAMPLE_IMAGE)
     parser.add_argument("--audio", default=EXAMPLE_AUDIO)
     parser.add_argument("--size", default=SMALLEST_SIZE)
+    parser.add_argument(
+        "--modes",
+        default="image",
+        type=_modes,
+        help="job modes and weights: image (portrait), multi (two speakers), video (dubbing), e.g. "
+        "image:8,multi:1,video:1",
+    )
+    parser.add_argument("--video", default="", help="video-to-video source (default: a generated clip)")
     parser.add_argument("--frames", type=int, default=125)
     parser.add_argument("--job-steps", type=int, default=6)
     parser.add_argument("--poll-interval", type=float, default=1.0)
@@ -98,6 +114,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cancel-queued-at-end", action="store_true", help="cancel jobs still queued when the run ends"
     )
     return parser.parse_args(argv)
+
+
+def _modes(text: str) -> str:
+    """argparse type: a ``--modes`` value checked here, passed on to Locust as written."""
+    try:
+        parse_modes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def locust_command(args: argparse.Namespace, results: Path) -> list[str]:
@@ -134,6 +159,10 @@ def locust_command(args: argparse.Namespace, results: Path) -> list[str]:
         args.audio,
         "--size",
         args.size,
+        "--modes",
+        args.modes,
+        "--video",
+        args.video,
         "--frames",
         str(args.frames),
         "--job-steps",
@@ -215,7 +244,9 @@ def summarise(
         run_time_s=parse_timespan(args.time),
         users=args.users,
         results_dir=str(results),
-        submitted=int(_number(stats.get(SUBMIT_NAME, {}).get("Request Count")) or 0),
+        submitted=sum(
+            int(_number(stats.get(name, {}).get("Request Count")) or 0) for name in SUBMIT_NAMES.values()
+        ),
         accepted=len(accepted),
         completed=states.get("completed", 0),
         failed=states.get("failed", 0),
@@ -226,8 +257,16 @@ def summarise(
         drain_errors={str(status): n for status, n in sorted(drain.errors.items())},
         drain_seconds=round(drain.seconds, 1),
     )
-    for label, name in (("submit", SUBMIT_NAME), ("status", STATUS_NAME), ("end-to-end", JOB_NAME)):
+    mode_submits = [(f"submit {mode}", name) for mode, name in SUBMIT_NAMES.items() if mode != "image"]
+    for label, name in (
+        ("submit", SUBMIT_NAME),
+        *mode_submits,
+        ("status", STATUS_NAME),
+        ("end-to-end", JOB_NAME),
+    ):
         row = stats.get(name, {})
+        if label.startswith("submit ") and not row:
+            continue  # a mode this run did not use
         summary.latency_ms[label] = {p: _number(row.get(p)) for p in PERCENTILES}
         summary.latency_ms[label]["count"] = _number(row.get("Request Count"))
     job_seconds = [

@@ -53,6 +53,8 @@ OTHER_TOKEN = "local-dev-token-b"
 BATTERY_MAX_QUEUED = 5
 BATTERY_MAX_IMAGE_BYTES = 2 * 1024 * 1024
 BATTERY_MAX_AUDIO_BYTES = 4 * 1024 * 1024
+BATTERY_MAX_VIDEO_BYTES = 4 * 1024 * 1024
+BATTERY_MAX_VIDEO_SECONDS = 20
 BATTERY_HTTP_PORT = 8300
 BATTERY_REDIS_PORT = 6420
 # The fixed ports of Serve's HTTP front, by the variable that moves each: Ray's defaults, where the search for
@@ -135,6 +137,8 @@ def battery_settings(workdir: Path) -> StackSettings:
         fetch={
             "max_image_bytes": BATTERY_MAX_IMAGE_BYTES,
             "max_audio_bytes": BATTERY_MAX_AUDIO_BYTES,
+            "max_video_bytes": BATTERY_MAX_VIDEO_BYTES,
+            "max_video_seconds": BATTERY_MAX_VIDEO_SECONDS,
             "timeout_seconds": 10.0,
         },
     )

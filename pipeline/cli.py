@@ -191,7 +191,8 @@ def generate(args: argparse.Namespace) -> Path:
     else:
         image = load_image(args.image)
         width, height = parse_size(args.size or DEFAULT_SIZE)
-    preset = args.preset or ("infinitetalk-14b" if args.weights else "tiny")
+    real = "infinitetalk-14b-multi" if args.audio2 else "infinitetalk-14b"
+    preset = args.preset or (real if args.weights else "tiny")
     started = time.perf_counter()
     components = load_components(
         preset,

@@ -212,7 +212,7 @@ def _load(
     loras: list[LoraSpec] | tuple[LoraSpec, ...],
     with_audio: bool,
 ) -> Components:
-    paths = discover(root)
+    paths = discover(root, preset.variant)
     for lora in loras:
         if not lora.path.is_file():
             raise WeightsError(f"{lora.path}: LoRA file does not exist")
@@ -268,4 +268,5 @@ def load_speech_encoder(
         )
     if weights_dir is None:
         raise WeightsError(f"preset {preset.name!r} needs a weights directory (--weights DIR)")
-    return wav2vec2.load_audio_encoder(discover(Path(weights_dir)).wav2vec2, device=device, dtype=dtype)
+    paths = discover(Path(weights_dir), preset.variant)
+    return wav2vec2.load_audio_encoder(paths.wav2vec2, device=device, dtype=dtype)

@@ -255,6 +255,12 @@ class InfiniteTalkPipeline:
             speech = getattr(request, name)
             if speech is not None and (speech.ndim != 1 or speech.size == 0):
                 raise InputError(f"{name} must be a non-empty mono waveform")
+        variant = self.components.preset.variant
+        if (2 if request.two_speakers else 1) > variant.speakers:
+            raise InputError(
+                f"the {variant.name} checkpoint (preset {self.components.preset.name!r}) takes one person's "
+                "speech; two speakers need the multi checkpoint (preset infinitetalk-14b-multi)"
+            )
         if request.boxes is not None:
             if not request.two_speakers:
                 raise InputError("speaker boxes go with two speakers (speech2)")

@@ -10,8 +10,10 @@ exact requested size, the same code path 960×540 takes on the real model.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Any
 
 from pipeline.errors import InputError
@@ -48,6 +50,27 @@ class AttentionKernel(StrEnum):
 
 
 @dataclass(frozen=True)
+class Variant:
+    """Which InfiniteTalk checkpoint a preset runs, and what its inputs are.
+
+    Both published checkpoints are adapters of one transformer class with the same keys (MODEL.md §7); they
+    differ in training: ``single`` for one person, ``multi`` for one or two people, whose speech tracks
+    and positions (``pipeline.models.speakers``) the model then takes. A mode with other inputs (another
+    class, another conditioning) is a new variant and the inputs its requests carry.
+    """
+
+    name: str
+    #: The adapter file, relative to the weights directory (``pipeline.weights.layout``).
+    adapter: PurePosixPath
+    #: The most speech tracks (people) a request may carry.
+    speakers: int
+
+
+SINGLE = Variant("single", PurePosixPath("InfiniteTalk/single/infinitetalk.safetensors"), speakers=1)
+MULTI = Variant("multi", PurePosixPath("InfiniteTalk/multi/infinitetalk.safetensors"), speakers=2)
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     transformer: dict[str, Any]
@@ -59,6 +82,7 @@ class Preset:
     max_working_area: int | None = None
     needs_weights: bool = True
     random_seed: int = 0
+    variant: Variant = SINGLE
 
 
 _REAL_WAV2VEC2_CONV = {
@@ -182,9 +206,14 @@ TINY = Preset(
     text_max_tokens=512,
     max_working_area=160 * 96,
     needs_weights=False,
+    # Random weights stand in for either checkpoint; the tiny model serves every mode.
+    variant=MULTI,
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (INFINITETALK_14B, TINY)}
+#: The 14B model with the two-person checkpoint: ``/fast/multi`` and ``--audio2`` need it (or ``tiny``).
+INFINITETALK_14B_MULTI = dataclasses.replace(INFINITETALK_14B, name="infinitetalk-14b-multi", variant=MULTI)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (INFINITETALK_14B, INFINITETALK_14B_MULTI, TINY)}
 
 
 def get_preset(name: str) -> Preset:

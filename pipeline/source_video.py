@@ -64,7 +64,7 @@ def probe_video(
         first = next(_decoded(container, stream, label), None)
     if first is None:
         raise VideoError(f"{label}: contains no decodable video frame")
-    width, height = first.width, first.height
+    width, height = _upright(first).size
     if min(width, height) < MIN_SIDE:
         raise VideoError(f"{label}: frames are {width}x{height}, smaller than {MIN_SIDE} pixels a side")
     if max_pixels is not None and width * height > max_pixels:
@@ -82,8 +82,8 @@ def dubbing_size(width: int, height: int, max_area: int = MAX_DUBBING_AREA) -> t
 def frames_at(
     source: bytes | str | os.PathLike, times: Sequence[float], *, name: str | None = None
 ) -> list[Image.Image]:
-    """The RGB frame on screen at each of ``times`` (seconds, ascending): the last frame shown at or before
-    it, the first frame for a time before it, the last frame for a time past the end."""
+    """The RGB frame (upright) on screen at each of ``times`` (seconds, ascending): the last frame shown at
+    or before it, the first frame for a time before it, the last frame for a time past the end."""
     if list(times) != sorted(times):
         raise ValueError("times must be ascending")
     label, target = _open_target(source, name)
@@ -94,13 +94,13 @@ def frames_at(
         for frame in _decoded(container, stream, label):
             start = frame.time if frame.time is not None else 0.0
             while shown is not None and len(chosen) < len(times) and start > times[len(chosen)]:
-                chosen.append(shown.to_image())
+                chosen.append(_upright(shown))
             if len(chosen) == len(times):
                 break
             shown = frame
     if shown is None:
         raise VideoError(f"{label}: contains no decodable video frame")
-    last = shown.to_image()
+    last = _upright(shown)
     return chosen + [last] * (len(times) - len(chosen))
 
 
@@ -109,6 +109,13 @@ def chunk_references(
 ) -> tuple[Image.Image, ...]:
     """The source frame each chunk of a ``frames``-long output is conditioned on: the one at its start."""
     return tuple(frames_at(source, [chunk.start / FPS for chunk in plan_chunks(frames)], name=name))
+
+
+def _upright(frame: av.VideoFrame) -> Image.Image:
+    """The frame as shown: phones record sideways and store the turn as a display matrix."""
+    image = frame.to_image()
+    turn = round(frame.rotation / 90) * 90 % 360 if frame.rotation else 0
+    return image.rotate(turn, expand=True) if turn else image
 
 
 def _even(value: float) -> int:

@@ -189,9 +189,16 @@ class QueueConfig(_Strict):
 class FetchConfig(_Strict):
     max_image_bytes: int = Field(50 * 1024**2, ge=1)
     max_audio_bytes: int = Field(100 * 1024**2, ge=1)
+    max_video_bytes: int = Field(100 * 1024**2, ge=1, description="a video-to-video source's largest size")
     timeout_seconds: float = Field(30.0, gt=0, description="total time for one input download")
     max_redirects: int = Field(5, ge=0)
     max_audio_seconds: float = Field(600.0, gt=0, description="longer speech is refused at submit")
+    max_video_seconds: float = Field(
+        120.0, gt=0, description="a longer video-to-video source is refused at submit (by its stated length)"
+    )
+    max_video_pixels: int = Field(
+        3840 * 2160, ge=256, description="a video-to-video source with larger frames is refused at submit"
+    )
     max_speech_frames: int = Field(
         DEFAULT_MAX_SPEECH_FRAMES,
         ge=1,

@@ -17,6 +17,7 @@ from pipeline.components import Components
 from pipeline.conditioning import load_image
 from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
 from pipeline.progress import Progress
+from pipeline.source_video import chunk_references
 from pipeline.streaming import chunk_count
 from pipeline.two_speakers import Box, SpeakingOrder
 from serve import fields
@@ -48,10 +49,18 @@ class PipelineEngine:
         self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
         two_speakers = settings.order is not None
-        names = (fields.MULTI_IMAGE, fields.LEFT_AUDIO) if two_speakers else (fields.IMAGE, fields.AUDIO)
+        source_frames = None
+        if "video" in inputs:
+            source_frames = chunk_references(inputs["video"], settings.frames, name=fields.VIDEO)
+            image, speech_field = source_frames[0], fields.DUB_AUDIO
+        elif two_speakers:
+            image, speech_field = load_image(inputs["image"], name=fields.MULTI_IMAGE), fields.LEFT_AUDIO
+        else:
+            image, speech_field = load_image(inputs["image"], name=fields.IMAGE), fields.AUDIO
         request = GenerationRequest(
-            image=load_image(inputs["image"], name=names[0]),
-            speech=decode_audio(inputs["audio"], name=names[1]),
+            image=image,
+            source_frames=source_frames,
+            speech=decode_audio(inputs["audio"], name=speech_field),
             speech2=decode_audio(inputs["audio2"], name=fields.RIGHT_AUDIO) if two_speakers else None,
             order=SpeakingOrder(settings.order or SpeakingOrder.MEANWHILE),
             boxes=_boxes(settings),
@@ -92,6 +101,7 @@ class PipelineEngine:
             "cfg": request.cfg,
             "audio_cfg": request.audio_cfg,
             "frames": request.frames,
+            "mode": "video-to-video" if request.source_frames is not None else "image-to-video",
             "speakers": 2 if request.two_speakers else 1,
             **({"order": request.order.value} if request.two_speakers else {}),
             "chunks": chunk_count(request.frames),

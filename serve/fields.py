@@ -22,3 +22,7 @@ RIGHT_BOX = "right_box"
 
 EXAMPLE_IMAGE = "Runcomfy_example_1278_1.png"
 EXAMPLE_AUDIO = "Runcomfy_example_1278_1.mp3"
+
+# The video-to-video endpoint's inputs.
+VIDEO = "video"
+DUB_AUDIO = "audio"

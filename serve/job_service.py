@@ -7,10 +7,10 @@ A submit costs one hop to a worker thread, for the CPU and disk work; the rest i
 
 1. an idempotent resubmission is answered from the store, and the app's and the tenant's admission (draining,
    the queue's bound, the tenant's cap) is read, before anything is fetched;
-2. both references are resolved at once (URLs downloaded) in a task group: the first input refused stops the
+2. every reference is resolved at once (URLs downloaded) in a task group: the first input refused stops the
    other's download;
 3. in one worker thread, a bounded number of submits at a time per replica: ``data:`` URIs decoded, uploads
-   and examples read, both inputs probed as media, hashed and staged in storage;
+   and examples read, every input probed as media, hashed and staged in storage;
 4. the job is created (atomically re-checking the bounds and the idempotency key); a submit refused there
    deletes what it staged.
 """
@@ -26,18 +26,23 @@ from dataclasses import dataclass
 import anyio
 
 from pipeline.streaming import speech_frame_count
+from serve.api.knobs import InputFacts
 from serve.api.schemas import SubmitRequest
 from serve.api.two_speakers import TwoSpeakerRequest
+from serve.api.video_to_video import VideoToVideoRequest
+from serve.config import FetchConfig
 from serve.inputs.errors import InputRejected
-from serve.inputs.probe import probe_any_media, probe_audio, probe_image
+from serve.inputs.probe import probe_any_media, probe_audio, probe_image, probe_video
 from serve.inputs.references import InputKind, InputResolver, PendingInput, new_file_id
 from serve.jobs.async_store import AsyncJobStore
 from serve.jobs.errors import AppDraining, JobGone, JobNotFound, QueueFull, TenantQueueFull
-from serve.jobs.records import JobRecord, StagedInput
+from serve.jobs.records import JobRecord, JobSettings, StagedInput
 from serve.metrics import FETCH_FAILURES
 from serve.storage import ObjectStore, input_key, upload_key
 
 logger = logging.getLogger(__name__)
+
+JobRequest = SubmitRequest | TwoSpeakerRequest | VideoToVideoRequest
 
 
 @dataclass(frozen=True)
@@ -64,23 +69,20 @@ class JobService:
         storage: ObjectStore,
         resolver: InputResolver,
         *,
-        max_audio_seconds: float,
-        max_speech_frames: int,
+        limits: FetchConfig,
         url_ttl_seconds: int,
-        max_concurrent_decodes: int,
     ) -> None:
         self._store = store
         self._storage = storage
         self._resolver = resolver
-        self._max_audio_seconds = max_audio_seconds
-        self._max_speech_frames = max_speech_frames
+        self._limits = limits
         self._url_ttl = url_ttl_seconds
-        self._decode_slots = anyio.CapacityLimiter(max_concurrent_decodes)
+        self._decode_slots = anyio.CapacityLimiter(limits.max_concurrent_decodes)
 
     # -- submit ---------------------------------------------------------------------------------------------
 
     async def submit(
-        self, tenant: str, request: SubmitRequest | TwoSpeakerRequest, idempotency_key: str | None = None
+        self, tenant: str, request: JobRequest, idempotency_key: str | None = None
     ) -> tuple[JobRecord, bool]:
         """The accepted job, and whether this call created it (False: an idempotent resubmission)."""
         body_hash = request.body_hash()
@@ -101,23 +103,21 @@ class JobService:
         try:
             pending = await self._resolve(tenant, request.references())
             async with self._decode_slots:
-                inputs, durations = await anyio.to_thread.run_sync(self._stage, tenant, request_id, pending)
-            speech_frames = speech_frame_count(request.speech_seconds(durations), self._max_speech_frames)
-            if request.match_audio_length and speech_frames < 1:
-                await anyio.to_thread.run_sync(self._unstage, inputs)
-                raise InputRejected(
-                    pending["audio"].field,
-                    f"the speech lasts {request.speech_seconds(durations):.3f} s, less than one video frame "
-                    "(0.04 s), so no video can match its length",
-                    code="invalid_audio",
+                inputs, durations, sizes = await anyio.to_thread.run_sync(
+                    self._stage, tenant, request_id, pending
                 )
+            try:
+                settings = self._settings(request, pending, durations, sizes)
+            except InputRejected:
+                await anyio.to_thread.run_sync(self._unstage, inputs)
+                raise
         except InputRejected as refused:
             await self._store.count(FETCH_FAILURES, refused.code)
             raise
         record = JobRecord(
             request_id=request_id,
             tenant=tenant,
-            settings=request.to_settings(speech_frames),
+            settings=settings,
             inputs=inputs,
             timings={"submit_inputs": time.perf_counter() - started},
         )
@@ -126,6 +126,26 @@ class JobService:
         except BaseException:
             await anyio.to_thread.run_sync(self._unstage, inputs)
             raise
+
+    def _settings(
+        self,
+        request: JobRequest,
+        pending: dict[str, PendingInput],
+        durations: dict[str, float],
+        sizes: dict[str, tuple[int, int]],
+    ) -> JobSettings:
+        """The job's settings, completed by what the probes learned (``InputRejected`` where they make the
+        request impossible: a speech too short to follow, a box outside the image)."""
+        seconds = request.speech_seconds(durations)
+        speech_frames = speech_frame_count(seconds, self._limits.max_speech_frames)
+        if request.follows_speech and speech_frames < 1:
+            raise InputRejected(
+                pending["audio"].field,
+                f"the speech lasts {seconds:.3f} s, less than one video frame (0.04 s), so no video can "
+                "match its length",
+                code="invalid_audio",
+            )
+        return request.to_settings(InputFacts(speech_frames, sizes))
 
     async def _resolve(self, tenant: str, references: dict[str, tuple[str, str]]) -> dict[str, PendingInput]:
         """Each role's reference resolved (URLs downloaded) at once; role → pending input."""
@@ -147,25 +167,37 @@ class JobService:
 
     def _stage(
         self, tenant: str, request_id: str, pending: dict[str, PendingInput]
-    ) -> tuple[dict[str, StagedInput], dict[str, float]]:
+    ) -> tuple[dict[str, StagedInput], dict[str, float], dict[str, tuple[int, int]]]:
         """In a worker thread: each input's bytes loaded, probed as media, hashed and stored; with each
-        audio input's duration (by role)."""
+        audio input's duration and each picture's or video's size (by role)."""
+        limits = self._limits
         checked: dict[str, tuple[bytes, PendingInput]] = {}
         durations: dict[str, float] = {}
+        sizes: dict[str, tuple[int, int]] = {}
         for role, item in pending.items():
             data = item.load()
-            if _kind(role) is InputKind.IMAGE:
-                probe_image(data, field=item.field)
+            kind = _kind(role)
+            if kind is InputKind.IMAGE:
+                image = probe_image(data, field=item.field)
+                sizes[role] = (image.width, image.height)
+            elif kind is InputKind.VIDEO:
+                video = probe_video(
+                    data,
+                    field=item.field,
+                    max_seconds=limits.max_video_seconds,
+                    max_pixels=limits.max_video_pixels,
+                )
+                sizes[role] = (video.width, video.height)
             else:
-                probe = probe_audio(data, field=item.field, max_seconds=self._max_audio_seconds)
-                durations[role] = probe.duration_seconds
+                audio = probe_audio(data, field=item.field, max_seconds=limits.max_audio_seconds)
+                durations[role] = audio.duration_seconds
             checked[role] = (data, item)
         staged = {}
         for role, (data, item) in checked.items():
             key = input_key(tenant, request_id, role)
             self._storage.put_bytes(key, data, "application/octet-stream")
             staged[role] = StagedInput(key, hashlib.sha256(data).hexdigest(), len(data), item.source)
-        return staged, durations
+        return staged, durations, sizes
 
     def _unstage(self, inputs: dict[str, StagedInput]) -> None:
         for staged in inputs.values():
@@ -219,10 +251,16 @@ class JobService:
         return Upload(file_id, len(data), self._store.now(), expires_at)
 
     def _store_upload(self, tenant: str, file_id: str, data: bytes) -> None:
-        probe_any_media(data, max_audio_seconds=self._max_audio_seconds)
+        limits = self._limits
+        probe_any_media(
+            data,
+            max_audio_seconds=limits.max_audio_seconds,
+            max_video_seconds=limits.max_video_seconds,
+            max_video_pixels=limits.max_video_pixels,
+        )
         self._storage.put_bytes(upload_key(tenant, file_id), data, "application/octet-stream")
 
 
 def _kind(role: str) -> InputKind:
-    """What an input role holds: ``image``, or speech (``audio``, ``audio2``)."""
-    return InputKind.IMAGE if role == "image" else InputKind.AUDIO
+    """What an input role holds: ``image``, ``video``, or speech (``audio``, ``audio2``)."""
+    return {"image": InputKind.IMAGE, "video": InputKind.VIDEO}.get(role, InputKind.AUDIO)

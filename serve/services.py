@@ -111,10 +111,8 @@ class Services:
             self.async_store,
             self.storage,
             InputResolver(Fetcher(FetchPolicy.from_config(fetch)), self.storage),
-            max_audio_seconds=fetch.max_audio_seconds,
-            max_speech_frames=fetch.max_speech_frames,
+            limits=fetch,
             url_ttl_seconds=self.config.storage.url_ttl_seconds,
-            max_concurrent_decodes=fetch.max_concurrent_decodes,
         )
 
     def api_context(self) -> ApiContext:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientations 5-8 are transposes or quarter turns: the upright image has its width and height swapped.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 # Pillow raises these for truncated or malformed data depending on the codec.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
 
@@ -54,15 +57,17 @@ def check_image(
 ) -> tuple[int, int]:
     """Whether ``source`` decodes as ``load_image`` will decode it, as cheaply as that can be told: the
     header's size first, a JPEG at the smallest scale still ``scale_to`` pixels wide (every byte of it is
-    decoded all the same), no orientation or colour conversion. Its size; ``ImageError`` like ``load_image``.
+    decoded all the same), no colour conversion. Its size as ``load_image`` gives it (upright: an EXIF
+    orientation that turns it a quarter swaps the sides); ``ImageError`` like ``load_image``.
     """
     stream, label = _stream(source, name)
     with _decoding(label), Image.open(stream) as image:
-        size = image.size
-        _check_size(size, label, max_pixels)
+        width, height = image.size
+        _check_size((width, height), label, max_pixels)
+        turned = image.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS
         image.draft(image.mode, (scale_to, scale_to))
         image.load()
-    return size
+    return (height, width) if turned else (width, height)
 
 
 def _stream(source: bytes | str | os.PathLike, name: str | None) -> tuple[io.BytesIO | Path, str]:

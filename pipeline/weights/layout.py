@@ -6,7 +6,8 @@ Expected layout (either Wan folder works; names are the ones the publishers use)
       Wan2.1-I2V-14B-480P/              original layout, or
       Wan2.1-I2V-14B-480P-Diffusers/    diffusers layout
       chinese-wav2vec2-base/
-      InfiniteTalk/single/infinitetalk.safetensors
+      InfiniteTalk/single/infinitetalk.safetensors   the one-person adapter, and/or
+      InfiniteTalk/multi/infinitetalk.safetensors    the one- or two-person adapter (preset ``*-multi``)
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.errors import WeightsError
+from pipeline.presets import SINGLE, Variant
 
 WAN_ORIGINAL = "Wan2.1-I2V-14B-480P"
 WAN_DIFFUSERS = "Wan2.1-I2V-14B-480P-Diffusers"
 WAV2VEC2 = "chinese-wav2vec2-base"
-INFINITETALK_SINGLE = Path("InfiniteTalk") / "single" / "infinitetalk.safetensors"
 
 _ORIGINAL_FILES = {
     "t5": "models_t5_umt5-xxl-enc-bf16.pth",
@@ -62,8 +63,8 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def discover(root: Path) -> WeightPaths:
-    """Resolve the weights directory, naming the first file or folder that is missing."""
+def discover(root: Path, variant: Variant = SINGLE) -> WeightPaths:
+    """Resolve the weights directory for ``variant``'s adapter, naming the first file or folder missing."""
     root = Path(root)
     if not root.is_dir():
         raise WeightsError(f"{root}: weights directory does not exist")
@@ -80,7 +81,7 @@ def discover(root: Path) -> WeightPaths:
     return WeightPaths(
         wan_dir=wan_dir,
         wan_layout=layout,
-        infinitetalk=_require(root / INFINITETALK_SINGLE, "InfiniteTalk single-speaker adapter"),
+        infinitetalk=_require(root / variant.adapter, f"InfiniteTalk {variant.name} adapter"),
         wav2vec2=_require(root / WAV2VEC2, "wav2vec2 audio encoder"),
         **parts,
     )

@@ -3,6 +3,8 @@ naming them its way (the seed's node ids, or the later endpoints' plain names)."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
@@ -48,13 +50,26 @@ Text = Annotated[str, StringConstraints(strict=True, strip_whitespace=True), Aft
 FrameCount = Annotated[Literal[125, 250], BeforeValidator(_integer)]
 
 
-def resolve_frames(frames: int, match_audio_length: bool, speech_frames: int | None) -> int:
-    """The job's frame count: the request's, or with ``match_audio_length`` the speech's (required then)."""
-    if not match_audio_length:
+@dataclass(frozen=True)
+class InputFacts:
+    """What submit learned by probing a request's inputs, which its settings may depend on: the speech's
+    length in whole frames (capped), and each picture's or video's size in pixels by role."""
+
+    speech_frames: int | None = None
+    sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+
+#: Nothing probed: enough for requests whose settings need no input facts (a fixed frame count).
+NO_FACTS = InputFacts()
+
+
+def resolve_frames(frames: int | None, follow_speech: bool, facts: InputFacts) -> int:
+    """The job's frame count: the request's, or when it follows the speech the speech's (required then)."""
+    if frames is not None and not follow_speech:
         return frames
-    if speech_frames is None:
-        raise ValueError("match_audio_length needs the speech's frame count")
-    return speech_frames
+    if facts.speech_frames is None:
+        raise ValueError("a video as long as the speech needs the speech's frame count")
+    return facts.speech_frames
 
 
 def size_field(alias: str | None = None) -> Any:

@@ -20,6 +20,8 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 
+from pipeline.presets import PRESETS
+from serve import fields
 from serve.api.errors import (
     BodySizeLimit,
     NotFound,
@@ -42,9 +44,10 @@ from serve.api.schemas import (
 )
 from serve.api.security import Tenant, install_authenticator
 from serve.api.two_speakers import TwoSpeakerRequest
+from serve.api.video_to_video import VideoToVideoRequest
 from serve.auth import Authenticator
 from serve.config import AppConfig
-from serve.job_service import JobService
+from serve.job_service import JobRequest, JobService
 from serve.jobs.async_store import AsyncJobStore
 from serve.jobs.records import JobStatus
 from serve.jobs.store import JobStore
@@ -55,13 +58,13 @@ logger = logging.getLogger(__name__)
 
 MODEL_PATH = "/v1/models/community/infinite-talk/image-to-video"
 TWO_SPEAKER_PATH = "/v1/models/community/infinite-talk/fast/multi"
+VIDEO_TO_VIDEO_PATH = "/v1/models/community/infinite-talk/video-to-video"
 # Ids this API issues (uuid4 hex); anything else is never echoed back into an error message.
 _REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 RETRY_AFTER_NOT_READY_SECONDS = 5
-# Largest JSON body: an image and two speech data: URIs at the byte caps, base64-inflated, plus slack.
 _BODY_SLACK_BYTES = 64 * 1024
 _JSON_TYPES = ("application/json",)
-Body = TypeVar("Body", SubmitRequest, TwoSpeakerRequest)
+Body = TypeVar("Body", SubmitRequest, TwoSpeakerRequest, VideoToVideoRequest)
 
 
 @dataclass
@@ -78,8 +81,12 @@ class ApiContext:
 
 
 def request_body_limit(config: AppConfig) -> int:
+    """The largest body any submit endpoint takes: its inputs at their byte caps as base64 data: URIs."""
     fetch = config.fetch
-    return (fetch.max_image_bytes + 2 * fetch.max_audio_bytes) * 4 // 3 + _BODY_SLACK_BYTES
+    largest = max(
+        fetch.max_image_bytes + 2 * fetch.max_audio_bytes, fetch.max_video_bytes + fetch.max_audio_bytes
+    )
+    return largest * 4 // 3 + _BODY_SLACK_BYTES
 
 
 def create_api(context: ApiContext) -> FastAPI:
@@ -96,6 +103,7 @@ def create_api(context: ApiContext) -> FastAPI:
     registry = CollectorRegistry()
     registry.register(JobMetricsCollector(context.sync_store, context.metrics))
     jobs = context.jobs
+    model = PRESETS[context.config.model.preset]
 
     def links(request: Request, request_id: str) -> dict[str, str]:
         base = _base_url(context.config, request)
@@ -144,10 +152,40 @@ def create_api(context: ApiContext) -> FastAPI:
         tenant: Tenant,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> JSONResponse:
-        return await accept(request, tenant, await _json_body(request, TwoSpeakerRequest), idempotency_key)
+        body = await _json_body(request, TwoSpeakerRequest)
+        if model.variant.speakers < 2:
+            raise ValidationFailed(
+                f"This server runs the {model.variant.name} checkpoint (model preset {model.name!r}), which "
+                "takes one person's speech; two-speaker jobs need the multi checkpoint (preset "
+                "infinitetalk-14b-multi).",
+                code="two_speakers_unavailable",
+                details=[{"field": fields.RIGHT_AUDIO, "message": "this server takes one speaker"}],
+            )
+        return await accept(request, tenant, body, idempotency_key)
+
+    @api.post(
+        VIDEO_TO_VIDEO_PATH,
+        status_code=202,
+        response_model=SubmitResponse,
+        responses=error_responses(400, 401, 409, 413, 415, 422, 429, 503),
+        summary="Submit a video-to-video (dubbing) job",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": VideoToVideoRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def submit_video_to_video(
+        request: Request,
+        tenant: Tenant,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> JSONResponse:
+        body = await _json_body(request, VideoToVideoRequest)
+        return await accept(request, tenant, body, idempotency_key)
 
     async def accept(
-        request: Request, tenant: str, body: SubmitRequest | TwoSpeakerRequest, idempotency_key: str | None
+        request: Request, tenant: str, body: JobRequest, idempotency_key: str | None
     ) -> JSONResponse:
         # A blank header is no key (the store would otherwise bind the empty string as one).
         record, _ = await jobs.submit(tenant, body, (idempotency_key or "").strip() or None)
@@ -206,14 +244,16 @@ def create_api(context: ApiContext) -> FastAPI:
         status_code=201,
         response_model=FileUploadResponse,
         responses=error_responses(401, 413, 415, 422),
-        summary="Upload an image or audio file (raw body) to use as an input reference",
+        summary="Upload an image, audio or video file (raw body) to use as an input reference",
     )
     async def upload(
         request: Request,
         tenant: Tenant,
         filename: Annotated[str | None, Query(max_length=200)] = None,
     ) -> FileUploadResponse:
-        data = await _read_body(request, max(fetch.max_image_bytes, fetch.max_audio_bytes))
+        data = await _read_body(
+            request, max(fetch.max_image_bytes, fetch.max_audio_bytes, fetch.max_video_bytes)
+        )
         if not data:
             raise ValidationFailed("The upload is empty.", details=[{"field": "body", "message": "empty"}])
         stored = await jobs.upload(tenant, data)

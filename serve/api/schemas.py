@@ -18,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serve import fields
 from serve.api.knobs import (
+    NO_FACTS,
     SIZE_OPTIONS,
     FrameCount,
+    InputFacts,
     SizeOption,
     Text,
     audio_cfg_field,
@@ -98,15 +100,20 @@ class SubmitRequest(BaseModel):
         """The inputs to fetch: role → (request field, reference)."""
         return {"image": (fields.IMAGE, self.image), "audio": (fields.AUDIO, self.audio)}
 
+    @property
+    def follows_speech(self) -> bool:
+        """Whether the video is as long as the speech (then the speech must last a frame at least)."""
+        return self.match_audio_length
+
     def speech_seconds(self, durations: dict[str, float]) -> float:
         """How long the speech lasts, from each audio input's duration (by role)."""
         return durations["audio"]
 
-    def to_settings(self, speech_frames: int | None = None) -> JobSettings:
-        """The engine's settings; ``speech_frames`` (the speech's length in frames, capped) is the frame count
-        when ``match_audio_length`` is set, and required then."""
+    def to_settings(self, facts: InputFacts = NO_FACTS) -> JobSettings:
+        """The engine's settings; the speech's length in frames (``facts``) is the frame count when
+        ``match_audio_length`` is set, and required then."""
         width, height = SIZES[self.size]
-        frames = resolve_frames(self.frames, self.match_audio_length, speech_frames)
+        frames = resolve_frames(self.frames, self.match_audio_length, facts)
         return JobSettings(
             prompt=self.prompt,
             width=width,

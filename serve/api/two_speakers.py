@@ -13,9 +13,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from pipeline.errors import InputError
+from pipeline.two_speakers import Box as SpeakerBox
 from serve import fields
 from serve.api.knobs import (
+    NO_FACTS,
     FrameCount,
+    InputFacts,
     SizeOption,
     Text,
     audio_cfg_field,
@@ -30,6 +34,7 @@ from serve.api.knobs import (
 )
 from serve.api.schemas import MAX_PROMPT_CHARS, SIZES
 from serve.fields import EXAMPLE_AUDIO, EXAMPLE_IMAGE
+from serve.inputs.errors import InputRejected
 from serve.jobs.records import JobSettings
 
 DEFAULT_TWO_SPEAKER_PROMPT = "two people are talking to each other"
@@ -123,17 +128,31 @@ class TwoSpeakerRequest(BaseModel):
             "audio2": (fields.RIGHT_AUDIO, self.right_audio),
         }
 
+    @property
+    def follows_speech(self) -> bool:
+        """Whether the video is as long as the speech (then the speech must last a frame at least)."""
+        return self.match_audio_length
+
     def speech_seconds(self, durations: dict[str, float]) -> float:
         """Both at once: the longer one; in turn: both."""
         left, right = durations["audio"], durations["audio2"]
         return max(left, right) if self.order == "meanwhile" else left + right
 
-    def to_settings(self, speech_frames: int | None = None) -> JobSettings:
+    def to_settings(self, facts: InputFacts = NO_FACTS) -> JobSettings:
+        """With boxes, the image's size (``facts.sizes["image"]``, upright) must be known: a box outside it
+        is ``InputRejected`` naming the box."""
         width, height = SIZES[self.resolution]
-        frames = resolve_frames(self.frames, self.match_audio_length, speech_frames)
+        frames = resolve_frames(self.frames, self.match_audio_length, facts)
         boxes = None
         if self.left_box is not None and self.right_box is not None:
             boxes = (tuple(self.left_box), tuple(self.right_box))
+            for field, box in zip((fields.LEFT_BOX, fields.RIGHT_BOX), boxes, strict=True):
+                try:
+                    SpeakerBox(*box).check(field, facts.sizes["image"])
+                except InputError as error:
+                    raise InputRejected(
+                        field, error.message.removeprefix(f"{field} "), code="invalid_box"
+                    ) from None
         return JobSettings(
             prompt=self.prompt,
             width=width,

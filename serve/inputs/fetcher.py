@@ -88,6 +88,7 @@ class FetchPolicy:
 
     max_image_bytes: int = 50 * 1024 * 1024
     max_audio_bytes: int = 100 * 1024 * 1024
+    max_video_bytes: int = 100 * 1024 * 1024
     timeout_seconds: float = 30.0
     connect_timeout_seconds: float = 10.0
     max_redirects: int = 5
@@ -96,7 +97,7 @@ class FetchPolicy:
     user_agent: str = "infinitetalk-serve input fetcher"
 
     def __post_init__(self) -> None:
-        for name in ("max_image_bytes", "max_audio_bytes"):
+        for name in ("max_image_bytes", "max_audio_bytes", "max_video_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -119,6 +120,7 @@ class FetchPolicy:
         return cls(
             max_image_bytes=config.max_image_bytes,
             max_audio_bytes=config.max_audio_bytes,
+            max_video_bytes=config.max_video_bytes,
             timeout_seconds=config.timeout_seconds,
             max_redirects=config.max_redirects,
             allow_http_and_private=config.allow_http_and_private,

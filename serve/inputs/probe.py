@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from pipeline.audio import SAMPLE_RATE, decode_audio
 from pipeline.conditioning.image import check_image
-from pipeline.errors import AudioError, ImageError, InputError
+from pipeline.errors import AudioError, ImageError, InputError, VideoError
+from pipeline.source_video import probe_video as probe_source_video
 from serve import fields
 from serve.inputs.errors import InputRejected, NotMedia
 
@@ -62,6 +63,12 @@ class AudioProbe:
     duration_seconds: float
 
 
+@dataclass(frozen=True)
+class VideoProbe:
+    width: int
+    height: int
+
+
 def probe_image(data: bytes, *, field: str = fields.IMAGE, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageProbe:
     """Check the image decodes (header-checked against decompression bombs first); refusals name ``field``."""
     try:
@@ -80,15 +87,41 @@ def probe_audio(data: bytes, *, field: str = fields.AUDIO, max_seconds: float | 
     return AudioProbe(duration_seconds=samples.size / SAMPLE_RATE)
 
 
-def probe_any_media(data: bytes, *, max_audio_seconds: float | None = None) -> None:
-    """An upload must be an image or audio; the image probe's verdict is reported when both refuse."""
+def probe_video(
+    data: bytes,
+    *,
+    field: str = fields.VIDEO,
+    max_seconds: float | None = None,
+    max_pixels: int | None = None,
+) -> VideoProbe:
+    """Check a video-to-video source: a video stream whose first frame decodes, within the caps; its size
+    as shown (upright). Refusals name ``field``."""
+    try:
+        source = probe_source_video(data, name=field, max_seconds=max_seconds, max_pixels=max_pixels)
+    except VideoError as error:
+        raise _refusal(error, field, _not_media(data, _looks_like_video)) from None
+    return VideoProbe(width=source.width, height=source.height)
+
+
+def probe_any_media(
+    data: bytes,
+    *,
+    max_audio_seconds: float | None = None,
+    max_video_seconds: float | None = None,
+    max_video_pixels: int | None = None,
+) -> None:
+    """An upload must be an image, audio or a video; the image probe's verdict is reported when all
+    refuse. (A video with a sound track is also audio: the speech of a submit may come from one.)"""
     try:
         probe_image(data, field="body")
     except InputRejected as image_error:
         try:
             probe_audio(data, field="body", max_seconds=max_audio_seconds)
         except InputRejected:
-            raise image_error from None
+            try:
+                probe_video(data, field="body", max_seconds=max_video_seconds, max_pixels=max_video_pixels)
+            except InputRejected:
+                raise image_error from None
 
 
 def _refusal(error: InputError, field: str, not_media: bool) -> InputRejected:
@@ -112,6 +145,11 @@ def _looks_like_image(data: bytes) -> bool:
         return True
     # ISO base media (AVIF, HEIC): "ftyp" box at offset 4.
     return head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1")
+
+
+def _looks_like_video(data: bytes) -> bool:
+    # Still images are never videos; audio-only files are refused by the decoder ("no video stream") as 422.
+    return not _looks_like_image(data) and (_looks_like_audio(data) or bytes(data[:3]) == b"FLV")
 
 
 def _looks_like_audio(data: bytes) -> bool:

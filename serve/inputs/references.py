@@ -38,17 +38,19 @@ logger = logging.getLogger(__name__)
 class InputKind(StrEnum):
     IMAGE = "image"
     AUDIO = "audio"
+    VIDEO = "video"
 
     @property
     def field(self) -> str:
-        """The request field that carries this input."""
-        return fields.IMAGE if self is InputKind.IMAGE else fields.AUDIO
+        """The request field that carries this input (the seed endpoint's, where it has one)."""
+        return {InputKind.IMAGE: fields.IMAGE, InputKind.AUDIO: fields.AUDIO}.get(self, fields.VIDEO)
 
 
 # Example name → file in pipeline/assets, per kind: the audio example is not an image reference.
 EXAMPLE_ASSETS = {
     InputKind.IMAGE: {fields.EXAMPLE_IMAGE: "portrait.png"},
     InputKind.AUDIO: {fields.EXAMPLE_AUDIO: "speech.mp3"},
+    InputKind.VIDEO: {},
 }
 # Next to the pipeline's modules (package data of the wheel). Located through a real module: ``pipeline`` is a
 # namespace package, which importlib.resources handles unreliably.
@@ -96,7 +98,11 @@ class InputResolver:
 
     def max_bytes(self, kind: InputKind) -> int:
         policy = self._fetcher.policy
-        return policy.max_image_bytes if kind is InputKind.IMAGE else policy.max_audio_bytes
+        return {
+            InputKind.IMAGE: policy.max_image_bytes,
+            InputKind.AUDIO: policy.max_audio_bytes,
+            InputKind.VIDEO: policy.max_video_bytes,
+        }[kind]
 
     async def resolve(
         self, reference: str, *, kind: InputKind, tenant: str, field: str | None = None
@@ -130,11 +136,12 @@ class InputResolver:
             scheme = reference.split("://", 1)[0][:20]
             raise _invalid(field, f"URLs with the scheme {scheme!r} are not fetched; use https://")
         examples = ", ".join(repr(name) for name in EXAMPLE_ASSETS[kind])
-        raise _invalid(
-            field,
-            f"{_preview(reference)} is not an https:// URL, a data: URI, an uploaded file id (file_...) "
-            f"or the example {examples}",
+        forms = "an https:// URL, a data: URI" + (
+            f", an uploaded file id (file_...) or the example {examples}"
+            if examples
+            else " or an uploaded file id (file_...)"
         )
+        raise _invalid(field, f"{_preview(reference)} is not {forms}")
 
     def _uploaded(self, file_id: str, field: str, tenant: str, max_bytes: int) -> bytes:
         try:

@@ -5,12 +5,12 @@ Ray, the tiny model on CPU. The config is ``configs/local.yaml`` as ``loadtest.s
 changes it: the stack's own ports (HTTP from 8300, Redis from 6420: never the developer's 8000/6399, nor
 the integration
 tests' stack), its own scratch directory, a 15 s lease and a 2 s maintenance period (a killed sampler's job
-comes back within seconds), a queue bound of 5 and small input caps (2 MiB images, 4 MiB audio).
+comes back within seconds), a queue bound of 5 and small input caps (2 MiB images, 4 MiB audio and video).
 
-Modules run in a fixed order: the hostile inputs, schemathesis, the Locust smoke run, and the fault
-scenarios last, because they kill replicas and restart Redis. Tests that need the sampler take the
-``idle_stack`` fixture, which waits until the stack is healthy and no job is queued or running, so a job
-left by an earlier test does not eat their time budget.
+Modules run in a fixed order: the hostile inputs, the other job modes, schemathesis, the Locust smoke run,
+and the fault scenarios last, because they kill replicas and restart Redis. Tests that need the sampler
+take the ``idle_stack`` fixture, which waits until the stack is healthy and no job is queued or running, so
+a job left by an earlier test does not eat their time budget.
 
 ``INFINITETALK_E2E_ATTACH=<workdir>`` reuses a stack started earlier with ``loadtest.stack`` in that
 directory (handy while writing tests); it is left running at the end.
@@ -30,7 +30,7 @@ from loadtest.stack import OTHER_TOKEN, TOKEN, LocalStack, StackError, StackSett
 
 STARTUP_TIMEOUT_S = 300.0
 IDLE_TIMEOUT_S = 240.0
-MODULE_ORDER = ("test_hostile_inputs", "test_schemathesis", "test_locust_smoke", "test_faults")
+MODULE_ORDER = ("test_hostile_inputs", "test_modes", "test_schemathesis", "test_locust_smoke", "test_faults")
 
 
 def pytest_configure(config: pytest.Config) -> None:

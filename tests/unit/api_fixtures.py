@@ -38,6 +38,7 @@ ALPHA = {"Authorization": "Bearer alpha-token-0123456789abcdef"}
 BETA = {"Authorization": "Bearer beta-token-0123456789abcdef"}
 MAX_IMAGE_BYTES = 512 * 1024
 MAX_AUDIO_BYTES = 1024 * 1024
+MAX_VIDEO_BYTES = 1024 * 1024
 RETENTION_SECONDS = 3600
 URL_TTL_SECONDS = 600
 
@@ -304,9 +305,12 @@ def build_stack(
         ),
         fetch=FetchConfig(
             max_image_bytes=MAX_IMAGE_BYTES,
-            max_audio_bytes=MAX_AUDIO_BYTES,
-            max_audio_seconds=60,
-            **dict(fetch or {}),
+            **{
+                "max_audio_bytes": MAX_AUDIO_BYTES,
+                "max_video_bytes": MAX_VIDEO_BYTES,
+                "max_audio_seconds": 60,
+                **dict(fetch or {}),
+            },
         ),
         public_base_url=public_base_url,
         **dict(overrides or {}),

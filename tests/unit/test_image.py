@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from pipeline.conditioning import load_image, portrait_tensor
+from pipeline.conditioning.image import check_image
 from pipeline.errors import ImageError, SizeError
 
 
@@ -85,6 +86,7 @@ def test_exif_orientation_is_applied():
     # After a clockwise turn the stored left half is on top.
     assert upright[:18, :, 0].mean() > 200
     assert upright[22:, :, 0].mean() < 50
+    assert check_image(data) == (20, 40)  # the probe tells the same upright size
 
 
 @pytest.mark.parametrize(("width", "height"), [(160, 96), (96, 160), (384, 384), (720, 720), (48, 32)])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from api_fixtures import ALPHA, BETA, OkEngine, build_stack
 from fastapi.testclient import TestClient
 
 from serve.api.routes import TWO_SPEAKER_PATH
+from serve.config import ModelConfig
 from serve.jobs.records import JobStatus
 
 BODY = {
@@ -83,3 +86,30 @@ def test_a_right_audio_that_is_not_audio_names_its_field(http) -> None:
     )
     assert response.status_code == 422
     assert {d.get("field") for d in response.json()["error"]["details"]} == {"right_audio"}
+
+
+def test_a_single_speaker_checkpoint_refuses_two_speakers_at_submit(redis_conn, tmp_path) -> None:
+    single = build_stack(
+        redis_conn,
+        tmp_path,
+        overrides={"model": ModelConfig(preset="infinitetalk-14b", weights_dir=str(tmp_path))},
+    )
+    with TestClient(single.app(), raise_server_exceptions=False) as client:
+        response = client.post(TWO_SPEAKER_PATH, json=BODY, headers=ALPHA)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "two_speakers_unavailable" and "infinitetalk-14b-multi" in error["message"]
+    assert single.store.counts()[JobStatus.IN_QUEUE] == 0
+
+
+def test_a_box_outside_the_image_is_refused_at_submit(http, stack) -> None:
+    # The example portrait is 384x384: a right box reaching x=400 cannot be in it.
+    body = {**BODY, "left_box": [0, 0, 100, 100], "right_box": [200, 0, 400, 100]}
+    response = http.post(TWO_SPEAKER_PATH, json=body, headers=ALPHA)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_box" and "384" in error["message"]
+    assert {d.get("field") for d in error["details"]} == {"right_box"}
+    assert stack.store.counts()[JobStatus.IN_QUEUE] == 0
+    staged = [path for path in Path(stack.config.storage.root).rglob("*") if path.is_file()]
+    assert staged == [], "the staged inputs were not removed"

@@ -11,6 +11,7 @@ import pytest
 from api_fixtures import ALIASES, EXTENSIONS, SEED_BODY, SEED_SETTINGS
 from pydantic import ValidationError
 
+from serve.api.knobs import InputFacts
 from serve.api.schemas import (
     MAX_PROMPT_CHARS,
     SIZES,
@@ -320,10 +321,10 @@ def test_cancel_requested_shows_only_while_the_job_still_runs() -> None:
 def test_audio_guidance_and_speech_length_are_extension_fields() -> None:
     request = SubmitRequest.model_validate(_body(audio_cfg=2.5, match_audio_length=True))
     assert (request.audio_cfg, request.match_audio_length) == (2.5, True)
-    settings = request.to_settings(speech_frames=312)
+    settings = request.to_settings(InputFacts(speech_frames=312))
     assert (settings.frames, settings.audio_cfg) == (312, 2.5)
     # Without match_audio_length the seed's frame count stands, whatever the speech's length.
-    assert SubmitRequest.model_validate(_body()).to_settings(speech_frames=312).frames == 125
+    assert SubmitRequest.model_validate(_body()).to_settings(InputFacts(speech_frames=312)).frames == 125
     with pytest.raises(ValueError, match="needs the speech's frame count"):
         request.to_settings()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import av
 import numpy as np
 import pytest
@@ -11,7 +13,8 @@ from PIL import Image
 from pipeline.audio import decode_audio
 from pipeline.conditioning import load_image
 from pipeline.errors import InputError
-from pipeline.pipeline import GenerationRequest
+from pipeline.pipeline import GenerationRequest, InfiniteTalkPipeline
+from pipeline.presets import SINGLE, TINY
 from pipeline.two_speakers import Box, SpeakingOrder, arrange_speech, default_boxes, mix_speech, speaker_masks
 
 RATE = 16_000
@@ -144,3 +147,11 @@ def test_boxes_need_two_speakers(tiny_pipeline, portrait, speech):
     bad = _request(blank, speech, speech2=speech, boxes=(Box(0, 0, 10, 10), Box(10, 0, 30, 10)))
     with pytest.raises(InputError, match="right speaker box"):
         tiny_pipeline.check_inputs(bad)
+
+
+def test_the_single_speaker_checkpoint_refuses_a_second_speaker(tiny_components, portrait, speech):
+    single = dataclasses.replace(tiny_components, preset=dataclasses.replace(TINY, variant=SINGLE))
+    request = _request(portrait, speech, speech2=speech)
+    with pytest.raises(InputError, match="two speakers need the multi checkpoint"):
+        InfiniteTalkPipeline(single).check_inputs(request)
+    InfiniteTalkPipeline(single).check_inputs(_request(portrait, speech))

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from pipeline.errors import WeightsError
 from pipeline.models import InfiniteTalkTransformer3DModel
-from pipeline.presets import TINY
+from pipeline.presets import MULTI, SINGLE, TINY, Variant
 from pipeline.weights.dit import (
     build_transformer,
     convert_official_state_dict,
@@ -24,6 +24,7 @@ from pipeline.weights.dit import (
     load_official_state_dict,
     load_transformer,
 )
+from pipeline.weights.layout import WAN_ORIGINAL, WAV2VEC2, discover
 
 CONFIG = TINY.transformer
 LAYERS = CONFIG["num_layers"]
@@ -176,7 +177,7 @@ def _write_shards(folder: Path, tensors: dict[str, torch.Tensor], shards: int, i
 
 
 def write_original(
-    root: Path, official: dict[str, torch.Tensor], index: bool = True, **config
+    root: Path, official: dict[str, torch.Tensor], index: bool = True, variant: Variant = SINGLE, **config
 ) -> tuple[Path, Path]:
     """Wan2.1-I2V-14B-480P/ as published (config.json + numbered shards + index) and the adapter file."""
     wan = root / "Wan2.1-I2V-14B-480P"
@@ -197,7 +198,7 @@ def write_original(
     }
     (wan / "config.json").write_text(json.dumps(wan_config))
     _write_shards(wan, {k: v for k, v in official.items() if not is_adapter_key(k)}, ORIGINAL_SHARDS, index)
-    adapter = root / "InfiniteTalk" / "single" / ADAPTER
+    adapter = root / variant.adapter
     _save(adapter, {k: v for k, v in official.items() if is_adapter_key(k)})
     return wan, adapter
 
@@ -272,6 +273,23 @@ def test_original_layout_loads_strictly(tmp_path, official, expected, index):
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
     _assert_same_output(model, expected)
+
+
+@pytest.mark.parametrize("variant", [SINGLE, MULTI])
+def test_each_variant_finds_its_own_adapter_and_loads_strictly(tmp_path, official, expected, variant):
+    write_original(tmp_path, official, variant=variant)
+    wan = tmp_path / WAN_ORIGINAL
+    for part in ("models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl", "Wan2.1_VAE.pth", f"../{WAV2VEC2}"):
+        (wan / part).mkdir(parents=True, exist_ok=True)
+    (wan / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth").touch()
+    paths = discover(tmp_path, variant)
+    assert paths.infinitetalk == tmp_path / "InfiniteTalk" / variant.name / ADAPTER
+    _assert_same_output(load_transformer(paths.wan_dir, paths.infinitetalk, config=CONFIG), expected)
+    other = MULTI if variant is SINGLE else SINGLE
+    with pytest.raises(
+        WeightsError, match=f"InfiniteTalk/{other.name}/{ADAPTER}: missing .InfiniteTalk {other.name} adapter"
+    ):
+        discover(tmp_path, other)
 
 
 def test_diffusers_layout_loads_strictly(tmp_path, source, official, original_dirs, expected):
