@@ -8,7 +8,8 @@ data stays in the AOF file for the next ``up``). The HTTP front is HAProxy when 
 
 ``python -m serve drain`` makes every ingress refuse new jobs with 503 + Retry-After while the queued and
 running ones finish (``--wait`` waits for that), before an upgrade or a shutdown; ``python -m serve resume``
-admits jobs again. Both work against any deployment whose Redis the config names.
+admits jobs again. Both work against any deployment whose Redis the config names. ``python -m serve
+wait-ready`` returns once ``/readyz`` says a job can start (``up`` prints "ready" that way).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import yaml
 
 from serve.config import AppConfig
@@ -42,11 +45,50 @@ def _embedded(config: AppConfig) -> EmbeddedRedis:
     return EmbeddedRedis(config.redis.embedded_dir, port=config.redis.embedded_port)
 
 
+def ray_serve_cli() -> str | None:
+    """Ray's ``serve`` command: the one installed next to this interpreter (a venv need not be activated),
+    else the one on PATH."""
+    beside = Path(sys.executable).parent / "serve"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("serve")
+
+
+def _base_url(config_path: Path) -> str:
+    http = yaml.safe_load(config_path.read_text()).get("http_options") or {}
+    host = http.get("host", "127.0.0.1")
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{http.get('port', 8000)}"
+
+
+def wait_ready(base_url: str, timeout: float, parent: int | None = None, poll_seconds: float = 1.0) -> int:
+    """Poll ``/readyz`` until a job can start (exit 0), ``timeout`` passes (1) or ``parent`` exits (1)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if parent is not None and os.getppid() != parent:
+            return 1
+        try:
+            response = httpx.get(f"{base_url}/readyz", timeout=5.0)
+        except httpx.HTTPError:
+            response = None
+        if response is not None and response.status_code == 200:
+            deployments = response.json().get("deployments") or {}
+            replicas = ", ".join(f"{name} {d['running_replicas']}" for name, d in deployments.items())
+            print(f"ready: a job can start now at {base_url} ({replicas})", file=sys.stderr, flush=True)
+            return 0
+        time.sleep(poll_seconds)
+    print(f"not ready after {timeout:.0f} s: {base_url}/readyz", file=sys.stderr)
+    return 1
+
+
 def up(config_path: Path) -> int:
     config = _app_config(config_path)
-    serve_cli = shutil.which("serve")
+    serve_cli = ray_serve_cli()
     if serve_cli is None:
-        print("error: the 'serve' command of ray[serve] is not on PATH", file=sys.stderr)
+        print(
+            f"error: Ray's 'serve' command is neither next to {sys.executable} nor on PATH "
+            "(pip install -e . installs ray[serve])",
+            file=sys.stderr,
+        )
         return 2
     try:
         env = ingress_environment(os.environ)
@@ -63,6 +105,10 @@ def up(config_path: Path) -> int:
     # Behind HAProxy, Ray keeps a stopping ingress replica serving 30 s so that load balancers outside the
     # cluster can drop it first; on one machine only Serve's own HAProxy routes to it, and Serve updates it.
     env.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", str(LOCAL_DRAIN_SECONDS))
+    # A watcher prints "ready" once a job can start; it is this process's child, so after the exec below it
+    # waits on `serve run` and gives up when that exits.
+    watcher = [sys.executable, "-m", "serve", "wait-ready", "--config", str(config_path)]
+    subprocess.Popen([*watcher, "--parent", str(os.getpid())], stdin=subprocess.DEVNULL)
     os.execve(serve_cli, [serve_cli, "run", str(config_path)], env)
     return 0  # pragma: no cover - execve does not return
 
@@ -107,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["up", "down", "drain", "resume"])
+    parser.add_argument("command", choices=["up", "down", "drain", "resume", "wait-ready"])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="Serve config file (YAML)")
     parser.add_argument(
         "--retry-after", type=int, default=60, help="drain: the Retry-After (seconds) refused clients get"
@@ -115,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wait", type=float, default=0.0, help="drain: wait up to this many seconds for the queue to empty"
     )
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="wait-ready: give up after this many seconds (exit 1)"
+    )
+    parser.add_argument("--parent", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.config.is_file():
         print(f"error: {args.config}: no such config file", file=sys.stderr)
@@ -127,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             return drain(args.config, args.retry_after, args.wait)
         if args.command == "resume":
             return resume(args.config)
+        if args.command == "wait-ready":
+            return wait_ready(_base_url(args.config), args.timeout, args.parent)
     except RedisNotConfigured as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from serve.job_service import JobService
 from serve.jobs.async_store import AsyncJobStore
 from serve.jobs.store import JobStore
 from serve.metrics import MetricsRecorder
+from serve.readiness import ReplicaCounts
 from serve.storage import ObjectStore, build_storage
 
 REDIS_SOCKET_TIMEOUT_SECONDS = 5.0
@@ -115,7 +116,8 @@ class Services:
             url_ttl_seconds=self.config.storage.url_ttl_seconds,
         )
 
-    def api_context(self) -> ApiContext:
+    def api_context(self, replicas: ReplicaCounts | None = None) -> ApiContext:
+        """``replicas``: where to read the deployments' readiness from (the Ingress passes Serve's)."""
         return ApiContext(
             config=self.config,
             jobs=self.jobs,
@@ -124,4 +126,5 @@ class Services:
             storage=self.storage,
             authenticator=self.authenticator,
             metrics=self.metrics,
+            replicas=replicas,
         )

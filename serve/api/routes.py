@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
+import anyio
 import redis
 from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
@@ -52,6 +53,7 @@ from serve.jobs.async_store import AsyncJobStore
 from serve.jobs.records import JobStatus
 from serve.jobs.store import JobStore
 from serve.metrics import JobMetricsCollector, MetricsRecorder
+from serve.readiness import JOB_DEPLOYMENTS, ReplicaCounts
 from serve.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ class ApiContext:
     storage: ObjectStore
     authenticator: Authenticator
     metrics: MetricsRecorder
+    #: Running replicas per deployment (``serve.readiness``); None where no Serve runs (then unknown).
+    replicas: ReplicaCounts | None = None
 
 
 def request_body_limit(config: AppConfig) -> int:
@@ -279,7 +283,27 @@ def create_api(context: ApiContext) -> FastAPI:
         path = context.storage.open_download(key, request.query_params)
         return FileResponse(path, media_type="video/mp4", filename="video.mp4")
 
-    @api.get("/healthz", summary="Readiness: the job store answers")
+    @api.get("/readyz", summary="Readiness: whether a job can start now, and which deployments are ready")
+    async def readyz() -> JSONResponse:
+        store_ok = await context.store.ping()
+        accepting = store_ok and await context.store.draining_retry_after() is None
+        deployments = None
+        if context.replicas is not None:
+            counts = await anyio.to_thread.run_sync(context.replicas)
+            deployments = {name: {"running_replicas": counts.get(name, 0)} for name in JOB_DEPLOYMENTS}
+        ready = accepting and (
+            deployments is None or all(d["running_replicas"] > 0 for d in deployments.values())
+        )
+        body = {
+            "ready": ready,
+            "job_store": "ok" if store_ok else "unreachable",
+            "accepting_jobs": accepting,
+            "deployments": deployments,
+        }
+        headers = {} if ready else {"Retry-After": str(RETRY_AFTER_NOT_READY_SECONDS)}
+        return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+
+    @api.get("/healthz", summary="Liveness: this ingress answers and reaches the job store")
     async def healthz() -> JSONResponse:
         if not await context.store.ping():
             raise NotReady(retry_after=RETRY_AFTER_NOT_READY_SECONDS)

@@ -14,6 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from serve.api.routes import create_api
 from serve.config import AppConfig
 from serve.maintenance import Maintenance
+from serve.readiness import CachedCounts, serve_replica_counts
 from serve.services import Services
 
 logger = logging.getLogger("ray.serve")
@@ -26,7 +27,8 @@ class Ingress:
         # part of this application's deployment graph.
         del sampler
         self._services = Services(AppConfig.model_validate(config), redis_url)
-        self._context = self._services.api_context()
+        app_name = serve.get_replica_context().app_name
+        self._context = self._services.api_context(CachedCounts(lambda: serve_replica_counts(app_name)))
         self._maintenance = Maintenance(
             self._services.store, self._services.storage, self._services.authenticator
         )

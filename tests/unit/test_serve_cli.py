@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from serve.__main__ import main
+from serve.__main__ import ray_serve_cli, main, wait_ready
 from serve.config import AppConfig
 from serve.jobs import JobRecord, JobSettings
 from serve.jobs.embedded_redis import EmbeddedRedis
@@ -75,3 +79,50 @@ def test_no_redis_is_a_clear_error(tmp_path: Path, capsys, monkeypatch) -> None:
 def test_store_rejects_a_non_positive_retry_after(config_path: Path) -> None:
     with pytest.raises(ValueError, match="must be a positive whole number"):
         store_of(config_path).set_draining(0)
+
+
+def test_rays_cli_is_found_next_to_the_interpreter(tmp_path: Path, monkeypatch) -> None:
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "serve").write_text("#!/bin/sh\n")
+    (venv_bin / "serve").chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert ray_serve_cli() == str(venv_bin / "serve")
+    (venv_bin / "serve").unlink()
+    assert ray_serve_cli() is None
+
+
+@pytest.fixture()
+def readiness_server():
+    """A /readyz on 127.0.0.1 that answers 503 twice, then 200."""
+    answers = [503, 503, 200]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status = answers.pop(0) if len(answers) > 1 else answers[0]
+            body = json.dumps({"ready": status == 200, "deployments": {"Sampler": {"running_replicas": 1}}})
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", answers
+    server.shutdown()
+
+
+def test_wait_ready_returns_once_a_job_can_start(readiness_server, capsys) -> None:
+    url, answers = readiness_server
+    assert wait_ready(url, timeout=10, poll_seconds=0.01) == 0
+    assert answers == [200]
+    assert f"ready: a job can start now at {url} (Sampler 1)" in capsys.readouterr().err
+
+
+def test_wait_ready_gives_up(capsys) -> None:
+    assert wait_ready("http://127.0.0.1:9", timeout=0.2, poll_seconds=0.05) == 1
+    assert "not ready after" in capsys.readouterr().err
