@@ -271,7 +271,7 @@ def create_api(context: ApiContext) -> FastAPI:
         )
 
     @api.get(
-        "/v1/outputs/{key:path}",
+        "/v1/outputs/{path:path}",
         response_class=FileResponse,
         responses={
             200: {"content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}},
@@ -279,9 +279,10 @@ def create_api(context: ApiContext) -> FastAPI:
         },
         summary="Download (signed URL)",
     )
-    def download(key: str, request: Request) -> FileResponse:
-        path = context.storage.open_download(key, request.query_params)
-        return FileResponse(path, media_type="video/mp4", filename="video.mp4")
+    def download(path: str, request: Request) -> FileResponse:
+        # The link is /v1/ and the object's key, which starts with outputs/ (serve.storage.keys).
+        file = context.storage.open_download(f"outputs/{path}", request.query_params)
+        return FileResponse(file, media_type="video/mp4", filename="video.mp4")
 
     @api.get("/readyz", summary="Readiness: whether a job can start now, and which deployments are ready")
     async def readyz() -> JSONResponse:

@@ -1,7 +1,8 @@
 """Where inputs, uploads and output videos live, and how clients download them.
 
 Two backends behind one ``ObjectStore`` protocol: ``LocalStorage`` (a directory; downloads through the API at
-``/v1/outputs/{key}`` with an HMAC-signed, expiring link whose keys rotate, ``serve.storage.signing``) and
+``/v1/{key}``, i.e. ``/v1/outputs/...``, with an HMAC-signed, expiring link whose keys rotate,
+``serve.storage.signing``) and
 ``S3Storage`` (any S3-compatible store; presigned URLs). Either way a download URL is unguessable and
 expires, so an output is reachable only by whoever was handed the URL (or by its owner, through the
 authenticated result endpoint). Storage raises its own errors (``serve.storage.errors``); the API maps them.

@@ -20,7 +20,8 @@ from serve.storage.signing import SigningKeys
 
 logger = logging.getLogger(__name__)
 
-DOWNLOAD_PATH = "/v1/outputs"
+# A download URL is this prefix and the object's key: ``/v1/outputs/{tenant}/...`` for an output.
+DOWNLOAD_PATH = "/v1"
 # S3 refuses presigned URLs valid for longer than 7 days; the local links keep the same bound.
 MAX_URL_SECONDS = 7 * 24 * 3600
 _EXPIRES = re.compile(r"^[0-9]{1,12}\Z")
@@ -37,10 +38,11 @@ def check_expires_in(expires_in: int) -> int:
 
 
 class LocalStorage:
-    """A directory tree; download URLs are ``{public_base_url}/v1/outputs/{key}?expires=..&kid=..&sig=..``.
+    """A directory tree; download URLs are ``{public_base_url}/v1/{key}?expires=..&kid=..&sig=..`` (keys of
+    outputs start with ``outputs/``, so the links read ``/v1/outputs/...``).
 
     ``public_base_url`` may be empty: URLs then start with ``/v1/outputs`` and the API joins them to the
-    request's own base URL. The route serving that path calls ``open_download``.
+    request's own base URL. The route serving that path calls ``open_download`` with the key.
     """
 
     def __init__(

@@ -432,11 +432,11 @@ CASES: list[Hostile] = [
     ),
     get_case(
         "output-forged-signature",
-        f"/v1/outputs/outputs/local/{'f' * 32}/video.mp4?expires=9999999999&sig={SIG}",
+        f"/v1/outputs/local/{'f' * 32}/video.mp4?expires=9999999999&sig={SIG}",
         404,
         "not_found",
     ),
-    get_case("output-no-signature", f"/v1/outputs/outputs/local/{'f' * 32}/video.mp4", 404, "not_found"),
+    get_case("output-no-signature", f"/v1/outputs/local/{'f' * 32}/video.mp4", 404, "not_found"),
     get_case("method-get-on-submit", MODEL_PATH, 405, "method_not_allowed"),
     Hostile(
         "method-delete-status",

@@ -71,7 +71,7 @@ def test_submit_poll_result_and_decode_the_mp4(stack: Stack) -> None:
     assert len(frames) == 125
     assert {(f.width, f.height, f.format.name) for f in frames} == {(480, 480, "yuv420p")}
     key = stack.assert_single_output(request_id)
-    assert video_url.split("?")[0] == f"{stack.base_url}/v1/outputs/{key}", "the URL names the winning run"
+    assert video_url.split("?")[0] == f"{stack.base_url}/v1/{key}", "the URL names the winning run"
     print(f"\nHTTP submit → completed: {elapsed:.1f}s; stage timings: {result['timings']}")
 
 

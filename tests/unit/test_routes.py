@@ -150,9 +150,7 @@ def test_public_base_url_wins_over_the_request_host(redis_conn, tmp_path) -> Non
         assert body["result_url"] == f"https://api.talk.example/v1/requests/{request_id}/result"
         stack.claim_and_run(OkEngine())
         video = result_of(http, request_id)["output"]["video"]
-        assert video.startswith(
-            f"https://api.talk.example/v1/outputs/outputs/alpha/{request_id}/run1/video.mp4?"
-        )
+        assert video.startswith(f"https://api.talk.example/v1/outputs/alpha/{request_id}/run1/video.mp4?")
 
 
 def test_submit_accepts_every_field_and_data_uris(http, stack) -> None:
@@ -268,7 +266,7 @@ def test_completed_result_and_download(http, stack) -> None:
     result = result_of(http, request_id)
     assert result["status"] == "completed"
     video_url = result["output"]["video"]
-    assert video_url.startswith(f"http://testserver/v1/outputs/outputs/alpha/{request_id}/run1/video.mp4?")
+    assert video_url.startswith(f"http://testserver/v1/outputs/alpha/{request_id}/run1/video.mp4?")
     timings = result["timings"]
     for stage in (
         "submit_inputs",
@@ -852,7 +850,7 @@ def test_openapi_documents_the_paths_and_the_aliases(http) -> None:
 def test_openapi_documents_the_non_json_bodies(http) -> None:
     paths = http.get("/openapi.json").json()["paths"]
     assert set(paths["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
-    assert "video/mp4" in paths["/v1/outputs/{key}"]["get"]["responses"]["200"]["content"]
+    assert "video/mp4" in paths["/v1/outputs/{path}"]["get"]["responses"]["200"]["content"]
 
 
 def test_an_unknown_id_is_echoed_only_when_it_looks_like_one_of_ours(http) -> None:

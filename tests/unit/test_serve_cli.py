@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve.__main__ import ray_serve_cli, main, wait_ready
+from serve.__main__ import main, ray_serve_cli, wait_ready
 from serve.config import AppConfig
 from serve.jobs import JobRecord, JobSettings
 from serve.jobs.embedded_redis import EmbeddedRedis

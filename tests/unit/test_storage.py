@@ -216,11 +216,9 @@ def test_symlink_escape_is_refused(local: LocalStorage, tmp_path: Path) -> None:
 
 def test_download_link_round_trip(local: LocalStorage, clock: Clock) -> None:
     url = local.url_for(KEY, expires_in=600)
-    assert url.startswith(
-        f"https://api.test/v1/outputs/{KEY}?expires={int(NOW) + 600}&kid={key_id(KEY_A)}&sig="
-    )
+    assert url.startswith(f"https://api.test/v1/{KEY}?expires={int(NOW) + 600}&kid={key_id(KEY_A)}&sig=")
     path, query = _link(url)
-    assert path == f"/v1/outputs/{KEY}"
+    assert path == f"/v1/{KEY}" == "/v1/outputs/tenantA/req123/run1/video.mp4"
     assert sorted(query) == ["expires", "kid", "sig"]
     with pytest.raises(ObjectNotFound):
         local.open_download(KEY, query)
@@ -282,7 +280,7 @@ def test_links_survive_rotation_until_the_old_key_is_dropped(tmp_path: Path, clo
 
 def test_url_without_public_base_is_a_path_and_lifetimes_are_bounded(tmp_path: Path, clock: Clock) -> None:
     storage = LocalStorage(tmp_path, signing_keys=SigningKeys(KEY_A), clock=clock)
-    assert storage.url_for(KEY, 60).startswith(f"/v1/outputs/{KEY}?expires={int(NOW) + 60}&")
+    assert storage.url_for(KEY, 60).startswith(f"/v1/{KEY}?expires={int(NOW) + 60}&")
     assert f"?expires={int(NOW) + 7 * 86400}&" in storage.url_for(KEY, MAX_URL_SECONDS)
     for bad in (0, -1, MAX_URL_SECONDS + 1, 1.5, True, "60"):
         with pytest.raises(ValueError, match=r"expires_in must be 1\.\.604800 seconds"):
@@ -364,7 +362,7 @@ def test_build_local_storage(tmp_path: Path, clock: Clock) -> None:
     assert isinstance(from_env, LocalStorage)
     assert from_env.root == (tmp_path / "s").resolve()
     url = from_env.url_for(KEY, 60)
-    assert url.startswith(f"https://x.test/v1/outputs/{KEY}?expires={int(NOW) + 60}&kid={key_id(KEY_B)}&")
+    assert url.startswith(f"https://x.test/v1/{KEY}?expires={int(NOW) + 60}&kid={key_id(KEY_B)}&")
     assert not (tmp_path / "s" / ".signing_key").exists()
     generated = build_storage(config, environ={})
     assert isinstance(generated, LocalStorage)
