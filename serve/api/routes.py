@@ -18,6 +18,7 @@ import anyio
 import redis
 from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 
@@ -61,6 +62,8 @@ logger = logging.getLogger(__name__)
 MODEL_PATH = "/v1/models/community/infinite-talk/image-to-video"
 TWO_SPEAKER_PATH = "/v1/models/community/infinite-talk/fast/multi"
 VIDEO_TO_VIDEO_PATH = "/v1/models/community/infinite-talk/video-to-video"
+# /docs loads Swagger UI from here (the fastapi-offline package), not from a CDN.
+DOCS_ASSETS_PATH = "/docs/assets"
 # Ids this API issues (uuid4 hex); anything else is never echoed back into an error message.
 _REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 RETRY_AFTER_NOT_READY_SECONDS = 5
@@ -94,7 +97,8 @@ def request_body_limit(config: AppConfig) -> int:
 
 
 def create_api(context: ApiContext) -> FastAPI:
-    api = FastAPI(
+    api = FastAPIOffline(
+        static_url=DOCS_ASSETS_PATH,
         title="InfiniteTalk",
         version="0.1.0",
         description="Portrait + speech → lip-synced talking video. RunComfy-compatible asynchronous jobs.",

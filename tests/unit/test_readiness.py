@@ -1,7 +1,10 @@
 """``/readyz``: a job can start only when the store answers, jobs are admitted, and every deployment a job
-needs has a running replica; ``serve.readiness.CachedCounts`` asks Serve at most once a second."""
+needs has a running replica; ``serve.readiness.CachedCounts`` asks Serve at most once a second. ``/docs``
+works offline."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from api_fixtures import build_stack
@@ -57,3 +60,16 @@ def test_the_count_is_cached_for_its_ttl() -> None:
     assert cached() == cached() == {"Sampler": 1}
     assert len(calls) == 1
     assert CachedCounts(counts, ttl_seconds=0)() == {"Sampler": 2}
+
+
+def test_the_docs_page_loads_swagger_ui_from_this_server(stack) -> None:
+    with TestClient(stack.app()) as http:
+        page = http.get("/docs").text
+        assert "cdn" not in page.lower() and "https://" not in page
+        scripts = re.findall(r'(?:src|href)="([^"]+)"', page)
+        assets = [url for url in scripts if url.endswith((".js", ".css"))]
+        assert assets and all(url.startswith("/docs/assets/") for url in assets), scripts
+        for url in assets:
+            response = http.get(url)
+            assert response.status_code == 200 and len(response.content) > 1000, url
+        assert http.get("/openapi.json").json()["openapi"].startswith("3.1")
