@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "k8s"))
 
 import render_serve_config as rsc  # noqa: E402
-from kustomize_render import render  # noqa: E402
+from kustomize import render  # noqa: E402
 from serve_config_check import problems  # noqa: E402
 
 from serve.auth import AuthenticationFailed, Authenticator  # noqa: E402
