@@ -210,6 +210,19 @@ class FetchConfig(_Strict):
     )
 
 
+class EventsConfig(_Strict):
+    """``GET /v1/requests/{id}/events`` (server-sent events), per ingress replica."""
+
+    max_streams: int = Field(256, ge=1, description="open event streams per ingress replica (503 beyond)")
+    poll_seconds: float = Field(0.5, gt=0, le=10, description="how often a stream reads its job's changes")
+    heartbeat_seconds: float = Field(
+        15.0, gt=0, description="a comment line after this long without an event, so proxies keep the stream"
+    )
+    max_stream_seconds: float = Field(
+        3600.0, gt=0, description="a stream ends after this long; the client resumes with Last-Event-ID"
+    )
+
+
 class AppConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
@@ -217,6 +230,7 @@ class AppConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     fetch: FetchConfig = Field(default_factory=FetchConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
     public_base_url: str | None = Field(
         None, description="base of the URLs in responses; default: request host"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
@@ -17,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import anyio
 import redis
 from fastapi import FastAPI, Header, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
@@ -25,16 +26,19 @@ from pydantic import BaseModel, ValidationError
 from pipeline.presets import PRESETS
 from serve import fields
 from serve.api.errors import (
+    BadRequest,
     BodySizeLimit,
     NotFound,
     NotReady,
     PayloadTooLarge,
+    ServiceUnavailable,
     UnsupportedMediaType,
     ValidationFailed,
     api_error_from_validation,
     error_responses,
     install_error_handlers,
 )
+from serve.api.events import STREAM_ID, StreamLimits, job_events
 from serve.api.schemas import (
     FileUploadResponse,
     ResultResponse,
@@ -224,6 +228,70 @@ def create_api(context: ApiContext) -> FastAPI:
             view.record, queue_position=view.queue_position, video_url=video_url
         )
         return _model_response(body)
+
+    events = context.config.events
+    stream_slots = anyio.CapacityLimiter(events.max_streams)
+    stream_limits = StreamLimits(events.poll_seconds, events.heartbeat_seconds, events.max_stream_seconds)
+
+    @api.get(
+        "/v1/requests/{request_id}/events",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "description": "Extension: server-sent events, `status` on each change, then `result`; "
+                "resume with Last-Event-ID",
+            },
+            **error_responses(400, 401, 404, 410, 503),
+        },
+        summary="Stream a job's status changes until it ends (server-sent events)",
+    )
+    async def job_event_stream(
+        request_id: str,
+        request: Request,
+        tenant: Tenant,
+        last_event_id: Annotated[str | None, Header(max_length=50)] = None,
+    ) -> StreamingResponse:
+        await jobs.view(tenant, _known(request_id))  # 404 / 410 before the stream starts
+        if last_event_id is not None and not STREAM_ID.match(last_event_id.strip()):
+            raise BadRequest(
+                "Last-Event-ID is not an id this stream sent.",
+                details=[{"field": "Last-Event-ID", "message": "expected <milliseconds>-<sequence>"}],
+            )
+        # The stream's body runs in another task than this handler: the slot is held on behalf of a token.
+        slot = object()
+        try:
+            stream_slots.acquire_on_behalf_of_nowait(slot)
+        except anyio.WouldBlock:
+            raise ServiceUnavailable(
+                "Too many open event streams; poll the status URL or retry.",
+                code="too_many_streams",
+                retry_after=RETRY_AFTER_NOT_READY_SECONDS,
+            ) from None
+
+        async def result_body(job_id: str) -> str:
+            view = await jobs.view(tenant, job_id, with_download=True)
+            url = None if view.video_url is None else _absolute(context.config, request, view.video_url)
+            body = ResultResponse.from_record(view.record, queue_position=view.queue_position, video_url=url)
+            return body.model_dump_json(exclude_none=True)
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                async for text in job_events(
+                    context.store,
+                    tenant,
+                    request_id,
+                    None if last_event_id is None else last_event_id.strip(),
+                    result_body,
+                    stream_limits,
+                ):
+                    yield text
+            finally:
+                stream_slots.release_on_behalf_of(slot)
+
+        # No caching, and no buffering by nginx-style proxies in front: each event goes out as written.
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
     @api.post(
         "/v1/requests/{request_id}/cancel",

@@ -112,6 +112,25 @@ class AsyncJobStore:
             return None
         return await self._run(operations.queue_position(self.keys, record.request_id, record.tenant))
 
+    async def changes(
+        self, request_id: str, tenant: str, after: str | None, limit: int = 100
+    ) -> tuple[dict[str, str], list[tuple[str, dict[str, str]]]] | None:
+        """One round trip: the job's hash as stored, and the entries of its event stream after ``after``
+        (a stream id; None: only the newest entry, the state now). None if absent or another tenant's."""
+        pipe = self._client().redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.job(request_id))
+        if after is None:
+            pipe.xrevrange(self.keys.events(request_id), count=1)
+        else:
+            pipe.xrange(self.keys.events(request_id), min=f"({after}", count=limit)
+        raw, entries = await pipe.execute()
+        stored = {_text(key): _text(value) for key, value in raw.items()}
+        if not stored or stored.get("tenant") != tenant:
+            return None
+        return stored, [
+            (_text(event_id), {_text(k): _text(v) for k, v in fields.items()}) for event_id, fields in entries
+        ]
+
     async def lookup_idempotent(self, tenant: str, idempotency_key: str, body_hash: str) -> JobRecord | None:
         """The job an earlier submit with this key made, before the inputs are fetched and staged; a shortcut
         (``create`` makes the binding decision atomically). ``IdempotencyConflict`` for another body."""

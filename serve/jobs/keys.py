@@ -2,6 +2,7 @@
 Cluster hash tag, so one namespace lives in one slot and the multi-key Lua scripts stay legal on a cluster.
 
     job:<id>          hash: the record (``JobRecord.to_redis_hash``) plus ``_seq``, ``_releases``, ``_idem``
+    events:<id>       stream: one entry per change of the job's state (its status fields), for SSE
     tq:<tenant>       zset id -> submit sequence: a tenant's queued jobs, in order
     rotation          zset tenant -> turn: tenants with queued jobs, the one served longest ago first
     turn, seq         counters of the rotation and of submits
@@ -45,6 +46,9 @@ class Keys:
 
     def job(self, request_id: str) -> str:
         return f"{self.prefix}job:{request_id}"
+
+    def events(self, request_id: str) -> str:
+        return f"{self.prefix}events:{request_id}"
 
     def gone(self, request_id: str) -> str:
         return f"{self.prefix}gone:{request_id}"

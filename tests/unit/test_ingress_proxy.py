@@ -99,13 +99,14 @@ def config(tmp_path: Path, monkeypatch) -> Path:
 
 @pytest.fixture()
 def executed(monkeypatch) -> dict:
-    """What ``up`` hands to ``os.execve``."""
+    """What ``up`` hands to ``os.execve``, and the readiness watcher it starts first (not started here)."""
     seen: dict = {}
 
     def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
         seen.update(path=path, argv=argv, env=env)
 
     monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setattr(serve_cli.subprocess, "Popen", lambda argv, **_: seen.update(watcher=argv))
     return seen
 
 
@@ -118,7 +119,8 @@ def test_up_runs_serve_with_the_front_it_chose(
 ) -> None:
     find_binary(monkeypatch, binary)
     assert serve_cli.up(config) == 0
-    assert executed["argv"] == ["/usr/bin/serve", "run", str(config)]
+    assert executed["argv"] == [serve_cli.ray_serve_cli(), "run", str(config)]
+    assert executed["watcher"][1:5] == ["-m", "serve", "wait-ready", "--config"]
     assert executed["env"][HAPROXY_SWITCH] == switch
     drain = executed["env"]["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]
     assert drain == str(serve_cli.LOCAL_DRAIN_SECONDS)

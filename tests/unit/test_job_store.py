@@ -564,3 +564,26 @@ def test_namespaces_are_isolated(redis_conn, clock):
 def test_policy_refuses_bad_settings(options, match):
     with pytest.raises(ValueError, match=match):
         QueuePolicy(**options)
+
+
+def test_every_change_is_logged_in_the_jobs_event_stream_and_deleted_with_it(store, clock, redis_conn):
+    submit(store, "a" * 32)
+    worker = "replica-1:run1"
+    store.claim_next(worker)
+    store.heartbeat("a" * 32, worker)  # a lease renewal only: no change a client sees
+    store.heartbeat("a" * 32, worker, progress=0.5, eta_seconds=3.0)
+    store.cancel("a" * 32, "acme")
+    store.finish_cancelled("a" * 32, worker)
+    events = store.keys.events("a" * 32)
+    logged = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in redis_conn.xrange(events)]
+    assert [(e["status"], e.get("progress"), e.get("cancel_requested")) for e in logged] == [
+        ("in_queue", "0.0", "0"),
+        ("in_progress", "0.0", "0"),
+        ("in_progress", "0.5", "0"),
+        ("in_progress", "0.5", "1"),
+        ("cancelled", "0.5", "1"),
+    ]
+    assert logged[2]["eta_seconds"] == "3.0" and "eta_seconds" not in logged[-1]
+    clock.advance(RETENTION + 1)
+    assert store.delete("a" * 32)
+    assert not redis_conn.exists(events)

@@ -7,7 +7,7 @@ local job = P .. 'job:' .. id
 local fields = redis.call('HMGET', job, 'status', 'tenant', 'idempotency_key', '_idem')
 local status, tenant = fields[1], fields[2]
 if status ~= 'completed' and status ~= 'failed' and status ~= 'cancelled' then return 0 end
-redis.call('DEL', job)
+redis.call('DEL', job, P .. 'events:' .. id)
 redis.call('ZREM', P .. 'expiry', id)
 redis.call('ZREM', P .. 'leases', id)
 redis.call('ZREM', P .. 'deadlines', id)

@@ -23,6 +23,22 @@ local function limit(tenant, index, default)
   return tonumber(default)
 end
 
+-- Each change of a job's state is an entry of its event stream ``events:<id>``, which the API's SSE endpoint
+-- replays from a client's Last-Event-ID: the status fields that change, as the change leaves them.
+local EVENT_FIELDS = {'status', 'progress', 'eta_seconds', 'attempt', 'cancel_requested', 'started_at',
+  'finished_at', 'error'}
+local function changed(job, id)
+  local values = redis.call('HMGET', job, unpack(EVENT_FIELDS))
+  local entry = {}
+  for i, name in ipairs(EVENT_FIELDS) do
+    if values[i] then
+      entry[#entry + 1] = name
+      entry[#entry + 1] = values[i]
+    end
+  end
+  redis.call('XADD', P .. 'events:' .. id, 'MAXLEN', '~', '512', '*', unpack(entry))
+end
+
 -- Into the tenant's queue at the job's first sequence number (a requeued job keeps its place); a tenant
 -- with queued jobs is in the rotation, entering it at the current turn. One wake-up per job.
 local function enqueue(job, id, tenant)
@@ -54,6 +70,7 @@ local function finish(job, id, tenant, old, new, now, expires_at)
   redis.call('ZREM', P .. 'deadlines', id)
   redis.call('ZADD', P .. 'expiry', expires_at, id)
   move(old, new)
+  changed(job, id)
 end
 
 local function requeue(job, id, tenant, now)
@@ -65,6 +82,7 @@ local function requeue(job, id, tenant, now)
   usage(tenant, 'queued', 1)
   enqueue(job, id, tenant)
   move('in_progress', 'in_queue')
+  changed(job, id)
 end
 
 local function attempts_left(job)
