@@ -19,14 +19,13 @@ the portrait takes to the working size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
 import torch
 
 from pipeline.audio import normalize_loudness
-from pipeline.errors import InputError
+from pipeline.boxes import Box
 
 # The reference's inset of the default halves (``face_scale``).
 HALF_INSET = 0.05
@@ -36,24 +35,6 @@ class SpeakingOrder(StrEnum):
     MEANWHILE = "meanwhile"
     LEFT_RIGHT = "left_right"
     RIGHT_LEFT = "right_left"
-
-
-@dataclass(frozen=True)
-class Box:
-    """A speaker's region in pixels of the portrait as given: ``left ≤ x < right``, ``top ≤ y < bottom``."""
-
-    left: float
-    top: float
-    right: float
-    bottom: float
-
-    def check(self, name: str, image_size: tuple[int, int]) -> None:
-        width, height = image_size
-        if not (0 <= self.left < self.right <= width and 0 <= self.top < self.bottom <= height):
-            raise InputError(
-                f"{name} box {[self.left, self.top, self.right, self.bottom]} must be [left, top, right, "
-                f"bottom] with left < right ≤ {width} and top < bottom ≤ {height} (the portrait's pixels)"
-            )
 
 
 def default_boxes(image_size: tuple[int, int]) -> tuple[Box, Box]:

@@ -9,7 +9,8 @@ data stays in the AOF file for the next ``up``). The HTTP front is HAProxy when 
 ``python -m serve drain`` makes every ingress refuse new jobs with 503 + Retry-After while the queued and
 running ones finish (``--wait`` waits for that), before an upgrade or a shutdown; ``python -m serve resume``
 admits jobs again. Both work against any deployment whose Redis the config names. ``python -m serve
-wait-ready`` returns once ``/readyz`` says a job can start (``up`` prints "ready" that way).
+wait-ready`` returns once ``/readyz`` says a job can start (``up`` prints "ready" that way). ``python -m
+serve submit`` sends a job to a running server and downloads its video (``serve.client.cli``).
 """
 
 from __future__ import annotations
@@ -150,6 +151,11 @@ def resume(config_path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["submit"]:
+        from serve.client.cli import main as submit
+
+        return submit(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from pipeline.boxes import Box as SpeakerBox
 from pipeline.errors import InputError
-from pipeline.two_speakers import Box as SpeakerBox
 from serve import fields
 from serve.api.knobs import (
     NO_FACTS,

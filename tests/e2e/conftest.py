@@ -30,7 +30,14 @@ from loadtest.stack import OTHER_TOKEN, TOKEN, LocalStack, StackError, StackSett
 
 STARTUP_TIMEOUT_S = 300.0
 IDLE_TIMEOUT_S = 240.0
-MODULE_ORDER = ("test_hostile_inputs", "test_modes", "test_schemathesis", "test_locust_smoke", "test_faults")
+MODULE_ORDER = (
+    "test_hostile_inputs",
+    "test_modes",
+    "test_client",
+    "test_schemathesis",
+    "test_locust_smoke",
+    "test_faults",
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -55,3 +55,13 @@ def test_the_job_core_imports_no_http_layer(package: str) -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "", f"{package} pulled in the HTTP layer: {result.stdout.strip()}"
+
+
+@pytest.mark.parametrize("module", ["serve.api.routes", "serve.client"])
+def test_the_http_api_and_the_client_import_no_torch(module: str) -> None:
+    """The ingress checks every input at submit (boxes, media) without the model's packages; a client
+    program needs none of them either."""
+    loaded = "{n.split('.')[0] for n in sys.modules}"
+    code = f"import sys, {module}\nprint(sorted({{'torch', 'ray'}} & {loaded}))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", f"{module} imports {result.stdout.strip()}"
