@@ -85,6 +85,7 @@ class StackSettings:
     max_attempts: int = 3
     drain_seconds: float = 600.0
     fetch: dict[str, Any] = field(default_factory=dict)  # FetchConfig fields (byte caps, timeouts)
+    webhooks: dict[str, Any] = field(default_factory=dict)  # WebhooksConfig fields (retry timings)
     # More Serve applications to run beside the app in the same Ray (benchmarks add a bare endpoint).
     extra_applications: tuple[dict[str, Any], ...] = ()
     # Set in the stack's environment over the caller's (benchmarks choose the HTTP front with it).
@@ -106,6 +107,7 @@ class StackSettings:
             max_attempts=queue["max_attempts"],
             drain_seconds=queue["drain_seconds"],
             fetch=args.get("fetch", {}),
+            webhooks=args.get("webhooks", {}),
         )
 
     @property
@@ -141,6 +143,8 @@ def battery_settings(workdir: Path) -> StackSettings:
             "max_video_seconds": BATTERY_MAX_VIDEO_SECONDS,
             "timeout_seconds": 10.0,
         },
+        # Retries a second, then up to 4 s apart: a receiver that comes back is served within seconds.
+        webhooks={"first_retry_seconds": 1.0, "max_retry_interval_seconds": 4.0},
     )
 
 
@@ -168,6 +172,7 @@ def write_config(settings: StackSettings, base: Path = BASE_CONFIG) -> Path:
         "drain_seconds": settings.drain_seconds,
     }
     args["fetch"] = {**args.get("fetch", {}), **settings.fetch}
+    args["webhooks"] = {**args.get("webhooks", {}), **settings.webhooks}
     document["applications"].extend(settings.extra_applications)
     settings.workdir.mkdir(parents=True, exist_ok=True)
     settings.config_path.write_text(yaml.safe_dump(document, sort_keys=False))

@@ -223,6 +223,25 @@ class EventsConfig(_Strict):
     )
 
 
+class WebhooksConfig(_Strict):
+    """Webhook deliveries (``serve.webhooks``): signed per Standard Webhooks, retried for a window."""
+
+    allow_local_http: bool = Field(
+        False,
+        description="development only: also deliver to http://127.0.0.1 (or [::1]) targets, so a developer "
+        "receives webhooks on their own machine; never set in a cluster config",
+    )
+    retry_window_seconds: float = Field(
+        24 * 3600.0, gt=0, description="a delivery is retried for this long after its event, then given up"
+    )
+    first_retry_seconds: float = Field(5.0, gt=0, description="the delay before the first retry (jittered)")
+    max_retry_interval_seconds: float = Field(600.0, gt=0, description="the longest wait between attempts")
+    timeout_seconds: float = Field(10.0, gt=0, description="one delivery attempt's time limit")
+    poll_seconds: float = Field(
+        1.0, gt=0, le=60, description="how often a dispatcher looks for due deliveries"
+    )
+
+
 class AppConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
@@ -231,6 +250,7 @@ class AppConfig(_Strict):
     queue: QueueConfig = Field(default_factory=QueueConfig)
     fetch: FetchConfig = Field(default_factory=FetchConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     public_base_url: str | None = Field(
         None, description="base of the URLs in responses; default: request host"
     )

@@ -32,6 +32,7 @@ from serve.api.two_speakers import TwoSpeakerRequest
 from serve.api.video_to_video import VideoToVideoRequest
 from serve.config import FetchConfig
 from serve.inputs.errors import InputRejected
+from serve.inputs.fetcher import Fetcher
 from serve.inputs.probe import probe_any_media, probe_audio, probe_image, probe_video
 from serve.inputs.references import InputKind, InputResolver, PendingInput, new_file_id
 from serve.jobs.async_store import AsyncJobStore
@@ -71,11 +72,14 @@ class JobService:
         *,
         limits: FetchConfig,
         url_ttl_seconds: int,
+        webhook_targets: Fetcher | None = None,
     ) -> None:
+        """``webhook_targets``: the guard a webhook URL must pass at submit (None: webhooks refused)."""
         self._store = store
         self._storage = storage
         self._resolver = resolver
         self._limits = limits
+        self._webhook_targets = webhook_targets
         self._url_ttl = url_ttl_seconds
         self._decode_slots = anyio.CapacityLimiter(limits.max_concurrent_decodes)
 
@@ -101,6 +105,8 @@ class JobService:
         request_id = uuid.uuid4().hex
         started = time.perf_counter()
         try:
+            if request.webhook is not None:
+                await self._check_webhook(request.webhook)
             pending = await self._resolve(tenant, request.references())
             async with self._decode_slots:
                 inputs, durations, sizes = await anyio.to_thread.run_sync(
@@ -120,12 +126,24 @@ class JobService:
             settings=settings,
             inputs=inputs,
             timings={"submit_inputs": time.perf_counter() - started},
+            webhook=request.webhook,
+            webhook_events=request.chosen_webhook_events(),
         )
         try:
             return await self._store.create(record, idempotency_key, body_hash if idempotency_key else None)
         except BaseException:
             await anyio.to_thread.run_sync(self._unstage, inputs)
             raise
+
+    async def _check_webhook(self, url: str) -> None:
+        """The target passes the same address policy as input URLs (https, public addresses) or is refused
+        now, with the reason (422 ``invalid_webhook``)."""
+        if self._webhook_targets is None:
+            raise InputRejected("webhook", "this server sends no webhooks", code="invalid_webhook")
+        try:
+            await self._webhook_targets.check(url, field="webhook")
+        except InputRejected as refused:
+            raise InputRejected("webhook", refused.reason, code="invalid_webhook") from None
 
     def _settings(
         self,

@@ -109,6 +109,19 @@ class JobMetricsCollector(Collector):
         for reason, value in sorted(self._recorder.counter(FETCH_FAILURES).items()):
             failures.add_metric([reason], value)
         yield failures
+        webhooks = CounterMetricFamily(
+            f"{PREFIX}_webhook_attempts",
+            "Webhook delivery attempts by outcome (delivered, retry, gave_up)",
+            labels=["outcome"],
+        )
+        for outcome, value in sorted(self._recorder.counter("webhook_attempts").items()):
+            webhooks.add_metric([outcome], value)
+        yield webhooks
+        pending = GaugeMetricFamily(
+            f"{PREFIX}_webhook_pending", "Webhook deliveries not yet delivered or given up"
+        )
+        pending.add_metric([], float(self._store.webhook_backlog()))
+        yield pending
         yield from self._histogram(
             "job_duration_seconds", "Submit to end of jobs a sampler finished", JOB_BUCKETS, None
         )

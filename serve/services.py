@@ -15,7 +15,7 @@ from functools import cached_property
 
 import redis
 
-from serve.api.routes import ApiContext
+from serve.api.common import ApiContext
 from serve.auth import Authenticator
 from serve.config import AppConfig
 from serve.inputs.fetcher import Fetcher, FetchPolicy
@@ -26,6 +26,7 @@ from serve.jobs.store import JobStore
 from serve.metrics import MetricsRecorder
 from serve.readiness import ReplicaCounts
 from serve.storage import ObjectStore, build_storage
+from serve.webhooks import webhook_policy
 
 REDIS_SOCKET_TIMEOUT_SECONDS = 5.0
 
@@ -106,6 +107,11 @@ class Services:
         return Authenticator.from_config(self.config.auth, self.environ)
 
     @cached_property
+    def webhook_targets(self) -> Fetcher:
+        """The guard webhook targets pass, at submit and at each delivery (``serve.webhooks``)."""
+        return Fetcher(webhook_policy(self.config.webhooks))
+
+    @cached_property
     def jobs(self) -> JobService:
         fetch = self.config.fetch
         return JobService(
@@ -114,6 +120,7 @@ class Services:
             InputResolver(Fetcher(FetchPolicy.from_config(fetch)), self.storage),
             limits=fetch,
             url_ttl_seconds=self.config.storage.url_ttl_seconds,
+            webhook_targets=self.webhook_targets,
         )
 
     def api_context(self, replicas: ReplicaCounts | None = None) -> ApiContext:

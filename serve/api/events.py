@@ -23,17 +23,19 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import anyio
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import StreamingResponse
 
-from serve.api.schemas import StatusResponse
+from serve.api.common import RETRY_AFTER_NOT_READY_SECONDS, ApiContext, absolute_url, known_request_id
+from serve.api.errors import BadRequest, ServiceUnavailable, error_responses
+from serve.api.schemas import ResultResponse, StatusResponse
+from serve.api.security import Tenant
 from serve.jobs.async_store import AsyncJobStore
-from serve.jobs.records import JobRecord
+from serve.jobs.records import EVENT_FIELDS, record_at
 
-#: The fields of a stream entry (``lib.lua``'s EVENT_FIELDS): the status fields a change can alter.
-EVENT_FIELDS = frozenset(
-    {"status", "progress", "eta_seconds", "attempt", "cancel_requested", "started_at", "finished_at", "error"}
-)
 STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}\Z")
 
 
@@ -47,12 +49,6 @@ class StreamLimits:
 def format_event(name: str, data: str, event_id: str | None = None) -> str:
     lines = [f"id: {event_id}"] if event_id is not None else []
     return "\n".join([*lines, f"event: {name}", f"data: {data}", "", ""])
-
-
-def record_at(stored: dict[str, str], change: dict[str, str]) -> JobRecord:
-    """The job as one change left it: its stored record with the status fields of that change."""
-    fixed = {key: value for key, value in stored.items() if key not in EVENT_FIELDS}
-    return JobRecord.from_redis_hash({**fixed, **change})
 
 
 async def job_events(
@@ -98,3 +94,70 @@ async def job_events(
             last_sent = time.monotonic()
         await anyio.sleep(limits.poll_seconds)
     yield format_event("reconnect", json.dumps({"reason": "max_stream_seconds"}))
+
+
+def add_event_routes(api: FastAPI, context: ApiContext) -> None:
+    """``GET /v1/requests/{id}/events`` on ``api``."""
+    events = context.config.events
+    stream_slots = anyio.CapacityLimiter(events.max_streams)
+    stream_limits = StreamLimits(events.poll_seconds, events.heartbeat_seconds, events.max_stream_seconds)
+
+    @api.get(
+        "/v1/requests/{request_id}/events",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "description": "Extension: server-sent events, `status` on each change, then `result`; "
+                "resume with Last-Event-ID",
+            },
+            **error_responses(400, 401, 404, 410, 503),
+        },
+        summary="Stream a job's status changes until it ends (server-sent events)",
+    )
+    async def job_event_stream(
+        request_id: str,
+        request: Request,
+        tenant: Tenant,
+        last_event_id: Annotated[str | None, Header(max_length=50)] = None,
+    ) -> StreamingResponse:
+        await context.jobs.view(tenant, known_request_id(request_id))  # 404 / 410 before the stream starts
+        if last_event_id is not None and not STREAM_ID.match(last_event_id.strip()):
+            raise BadRequest(
+                "Last-Event-ID is not an id this stream sent.",
+                details=[{"field": "Last-Event-ID", "message": "expected <milliseconds>-<sequence>"}],
+            )
+        # The stream's body runs in another task than this handler: the slot is held on behalf of a token.
+        slot = object()
+        try:
+            stream_slots.acquire_on_behalf_of_nowait(slot)
+        except anyio.WouldBlock:
+            raise ServiceUnavailable(
+                "Too many open event streams; poll the status URL or retry.",
+                code="too_many_streams",
+                retry_after=RETRY_AFTER_NOT_READY_SECONDS,
+            ) from None
+
+        async def result_body(job_id: str) -> str:
+            view = await context.jobs.view(tenant, job_id, with_download=True)
+            url = None if view.video_url is None else absolute_url(context.config, request, view.video_url)
+            body = ResultResponse.from_record(view.record, queue_position=view.queue_position, video_url=url)
+            return body.model_dump_json(exclude_none=True)
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                async for text in job_events(
+                    context.store,
+                    tenant,
+                    request_id,
+                    None if last_event_id is None else last_event_id.strip(),
+                    result_body,
+                    stream_limits,
+                ):
+                    yield text
+            finally:
+                stream_slots.release_on_behalf_of(slot)
+
+        # No caching, and no buffering by nginx-style proxies in front: each event goes out as written.
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)

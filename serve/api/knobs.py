@@ -7,8 +7,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
+
+from serve.jobs.records import DEFAULT_WEBHOOK_EVENTS
 
 SEED_MIN = -(2**63)
 # torch.manual_seed takes signed and unsigned 64-bit seeds; ComfyUI-style clients send seeds up to 2**64 - 1.
@@ -170,3 +180,51 @@ def match_audio_length_field() -> Any:
             "server's cap, 1000 frames = 40 s by default), instead of the frame count."
         ),
     )
+
+
+WebhookEvent = Literal["started", "progress", "completed", "failed", "cancelled"]
+
+
+def webhook_field() -> Any:
+    return Field(
+        None,
+        max_length=2000,
+        title="Webhook",
+        description=(
+            "Extension: an https:// URL this job's events are POSTed to, signed per Standard Webhooks "
+            "with the tenant's secret (GET /v1/webhooks/secret); retried with backoff for a day. The body "
+            "is the /status (or, at the end, /result) JSON plus its event type."
+        ),
+    )
+
+
+def webhook_events_field() -> Any:
+    return Field(
+        None,
+        min_length=1,
+        title="Webhook Events",
+        description=(
+            "Extension: which events the webhook gets: started, progress, completed, failed, cancelled "
+            "(default: the three terminal ones). Needs webhook."
+        ),
+    )
+
+
+class WebhookFields(BaseModel):
+    """The webhook extension fields every submit body has (after its own fields)."""
+
+    webhook: Text | None = webhook_field()
+    webhook_events: list[WebhookEvent] | None = webhook_events_field()
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _events_need_a_webhook(cls, events: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if events is not None and info.data.get("webhook") is None:
+            raise PydanticCustomError("webhook_missing", "webhook_events needs a webhook URL")
+        return events
+
+    def chosen_webhook_events(self) -> str | None:
+        """The events the webhook gets, comma-separated (the store's form); None without a webhook."""
+        if self.webhook is None:
+            return None
+        return ",".join(dict.fromkeys(self.webhook_events or DEFAULT_WEBHOOK_EVENTS))

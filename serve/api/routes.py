@@ -9,36 +9,37 @@ before it reads anything of the request: a caller without a valid token learns n
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import anyio
 import redis
 from fastapi import FastAPI, Header, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from pipeline.presets import PRESETS
 from serve import fields
+from serve.api.common import (
+    RETRY_AFTER_NOT_READY_SECONDS,
+    ApiContext,
+    absolute_url,
+    base_url,
+    known_request_id,
+    utc,
+)
 from serve.api.errors import (
-    BadRequest,
     BodySizeLimit,
-    NotFound,
     NotReady,
     PayloadTooLarge,
-    ServiceUnavailable,
     UnsupportedMediaType,
     ValidationFailed,
     api_error_from_validation,
     error_responses,
     install_error_handlers,
 )
-from serve.api.events import STREAM_ID, StreamLimits, job_events
+from serve.api.events import add_event_routes
 from serve.api.schemas import (
     FileUploadResponse,
     ResultResponse,
@@ -51,15 +52,12 @@ from serve.api.schemas import (
 from serve.api.security import Tenant, install_authenticator
 from serve.api.two_speakers import TwoSpeakerRequest
 from serve.api.video_to_video import VideoToVideoRequest
-from serve.auth import Authenticator
+from serve.api.webhook_routes import add_webhook_routes
 from serve.config import AppConfig
-from serve.job_service import JobRequest, JobService
-from serve.jobs.async_store import AsyncJobStore
+from serve.job_service import JobRequest
 from serve.jobs.records import JobStatus
-from serve.jobs.store import JobStore
-from serve.metrics import JobMetricsCollector, MetricsRecorder
-from serve.readiness import JOB_DEPLOYMENTS, ReplicaCounts
-from serve.storage import ObjectStore
+from serve.metrics import JobMetricsCollector
+from serve.readiness import JOB_DEPLOYMENTS
 
 logger = logging.getLogger(__name__)
 
@@ -69,26 +67,9 @@ VIDEO_TO_VIDEO_PATH = "/v1/models/community/infinite-talk/video-to-video"
 # /docs loads Swagger UI from here (the fastapi-offline package), not from a CDN.
 DOCS_ASSETS_PATH = "/docs/assets"
 # Ids this API issues (uuid4 hex); anything else is never echoed back into an error message.
-_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
-RETRY_AFTER_NOT_READY_SECONDS = 5
 _BODY_SLACK_BYTES = 64 * 1024
 _JSON_TYPES = ("application/json",)
 Body = TypeVar("Body", SubmitRequest, TwoSpeakerRequest, VideoToVideoRequest)
-
-
-@dataclass
-class ApiContext:
-    """What the routes need; ``serve.services.Services`` builds it."""
-
-    config: AppConfig
-    jobs: JobService
-    store: AsyncJobStore
-    sync_store: JobStore
-    storage: ObjectStore
-    authenticator: Authenticator
-    metrics: MetricsRecorder
-    #: Running replicas per deployment (``serve.readiness``); None where no Serve runs (then unknown).
-    replicas: ReplicaCounts | None = None
 
 
 def request_body_limit(config: AppConfig) -> int:
@@ -118,7 +99,7 @@ def create_api(context: ApiContext) -> FastAPI:
     model = PRESETS[context.config.model.preset]
 
     def links(request: Request, request_id: str) -> dict[str, str]:
-        base = _base_url(context.config, request)
+        base = base_url(context.config, request)
         return {
             "request_id": request_id,
             "status_url": f"{base}/v1/requests/{request_id}/status",
@@ -211,7 +192,7 @@ def create_api(context: ApiContext) -> FastAPI:
         summary="Status of a job",
     )
     async def status(request_id: str, tenant: Tenant) -> Response:
-        view = await jobs.view(tenant, _known(request_id))
+        view = await jobs.view(tenant, known_request_id(request_id))
         return _model_response(StatusResponse.from_record(view.record, queue_position=view.queue_position))
 
     @api.get(
@@ -222,76 +203,15 @@ def create_api(context: ApiContext) -> FastAPI:
         summary="Result of a job (its current state until completed)",
     )
     async def result(request_id: str, request: Request, tenant: Tenant) -> Response:
-        view = await jobs.view(tenant, _known(request_id), with_download=True)
-        video_url = None if view.video_url is None else _absolute(context.config, request, view.video_url)
+        view = await jobs.view(tenant, known_request_id(request_id), with_download=True)
+        video_url = None if view.video_url is None else absolute_url(context.config, request, view.video_url)
         body = ResultResponse.from_record(
             view.record, queue_position=view.queue_position, video_url=video_url
         )
         return _model_response(body)
 
-    events = context.config.events
-    stream_slots = anyio.CapacityLimiter(events.max_streams)
-    stream_limits = StreamLimits(events.poll_seconds, events.heartbeat_seconds, events.max_stream_seconds)
-
-    @api.get(
-        "/v1/requests/{request_id}/events",
-        response_class=StreamingResponse,
-        responses={
-            200: {
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                "description": "Extension: server-sent events, `status` on each change, then `result`; "
-                "resume with Last-Event-ID",
-            },
-            **error_responses(400, 401, 404, 410, 503),
-        },
-        summary="Stream a job's status changes until it ends (server-sent events)",
-    )
-    async def job_event_stream(
-        request_id: str,
-        request: Request,
-        tenant: Tenant,
-        last_event_id: Annotated[str | None, Header(max_length=50)] = None,
-    ) -> StreamingResponse:
-        await jobs.view(tenant, _known(request_id))  # 404 / 410 before the stream starts
-        if last_event_id is not None and not STREAM_ID.match(last_event_id.strip()):
-            raise BadRequest(
-                "Last-Event-ID is not an id this stream sent.",
-                details=[{"field": "Last-Event-ID", "message": "expected <milliseconds>-<sequence>"}],
-            )
-        # The stream's body runs in another task than this handler: the slot is held on behalf of a token.
-        slot = object()
-        try:
-            stream_slots.acquire_on_behalf_of_nowait(slot)
-        except anyio.WouldBlock:
-            raise ServiceUnavailable(
-                "Too many open event streams; poll the status URL or retry.",
-                code="too_many_streams",
-                retry_after=RETRY_AFTER_NOT_READY_SECONDS,
-            ) from None
-
-        async def result_body(job_id: str) -> str:
-            view = await jobs.view(tenant, job_id, with_download=True)
-            url = None if view.video_url is None else _absolute(context.config, request, view.video_url)
-            body = ResultResponse.from_record(view.record, queue_position=view.queue_position, video_url=url)
-            return body.model_dump_json(exclude_none=True)
-
-        async def stream() -> AsyncIterator[str]:
-            try:
-                async for text in job_events(
-                    context.store,
-                    tenant,
-                    request_id,
-                    None if last_event_id is None else last_event_id.strip(),
-                    result_body,
-                    stream_limits,
-                ):
-                    yield text
-            finally:
-                stream_slots.release_on_behalf_of(slot)
-
-        # No caching, and no buffering by nginx-style proxies in front: each event goes out as written.
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+    add_event_routes(api, context)
+    add_webhook_routes(api, context)
 
     @api.post(
         "/v1/requests/{request_id}/cancel",
@@ -304,7 +224,7 @@ def create_api(context: ApiContext) -> FastAPI:
         summary="Cancel a job (a running one is an extension: it stops at its next step)",
     )
     async def cancel(request_id: str, tenant: Tenant) -> Response:
-        record = await jobs.cancel(tenant, _known(request_id))
+        record = await jobs.cancel(tenant, known_request_id(request_id))
         status_code = 202 if record.status is JobStatus.IN_PROGRESS else 200
         body = StatusResponse.from_record(record)
         return Response(
@@ -337,9 +257,9 @@ def create_api(context: ApiContext) -> FastAPI:
             file_id=stored.file_id,
             filename=filename,
             size_bytes=stored.size_bytes,
-            created_at=_utc(stored.created_at),
+            created_at=utc(stored.created_at),
             # Uploads are deleted with everything else stored once the retention period is over.
-            expires_at=_utc(stored.expires_at),
+            expires_at=utc(stored.expires_at),
         )
 
     @api.get(
@@ -397,13 +317,6 @@ def create_api(context: ApiContext) -> FastAPI:
     return api
 
 
-def _known(request_id: str) -> str:
-    """Ids this API never issues are unknown at once, and never echoed back into a message."""
-    if not _REQUEST_ID.fullmatch(request_id):
-        raise NotFound("No request with that id.")
-    return request_id
-
-
 async def _json_body(request: Request, model: type[Body]) -> Body:
     """The submit body, read and validated after the caller was authenticated."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -434,10 +347,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _base_url(config: AppConfig, request: Request) -> str:
-    return (config.public_base_url or str(request.base_url)).rstrip("/")
-
-
 def _model_response(model: BaseModel) -> Response:
     """The model as the route's JSON (pydantic-core serialises it) without FastAPI validating it again.
 
@@ -445,14 +354,6 @@ def _model_response(model: BaseModel) -> Response:
     throughput (bench/serving_overhead). The model was validated when it was built.
     """
     return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
-
-
-def _absolute(config: AppConfig, request: Request, url: str) -> str:
-    return f"{_base_url(config, request)}{url}" if url.startswith("/") else url
-
-
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=UTC)
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -24,6 +24,7 @@ from serve.api.knobs import (
     InputFacts,
     SizeOption,
     Text,
+    WebhookFields,
     audio_cfg_field,
     cfg_field,
     frames_field,
@@ -57,7 +58,7 @@ def _parse_size(option: str) -> tuple[int, int]:
 SIZES: dict[str, tuple[int, int]] = {option: _parse_size(option) for option in SIZE_OPTIONS}
 
 
-class SubmitRequest(BaseModel):
+class SubmitRequest(WebhookFields):
     """The body of ``POST /v1/models/community/infinite-talk/image-to-video``."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, title="Input")
@@ -199,6 +200,15 @@ class StageTimings(BaseModel):
     upload: float | None = None
 
 
+class WebhookDeliveries(_Response):
+    url: str = Field(description="Where this job's events are delivered.")
+    events: list[str] = Field(description="The events chosen.")
+    delivered: int = Field(ge=0, description="Events delivered (a 2xx answer).")
+    failed: int = Field(ge=0, description="Events given up after the retry window.")
+    attempts: int = Field(ge=0, description="Delivery attempts so far, retries included.")
+    last_error: str | None = Field(None, description="Why the last failed attempt failed.")
+
+
 class ResultResponse(StatusResponse):
     output: VideoOutput | None = Field(None, description="Present once completed.")
     timings: StageTimings | None = None
@@ -206,6 +216,7 @@ class ResultResponse(StatusResponse):
         None, description="Seed, resolved sizes, model/adapter/LoRA identities and code version of the run."
     )
     expires_at: datetime | None = Field(None, description="After this moment the result is gone (410).")
+    webhook: WebhookDeliveries | None = Field(None, description="Extension: the job's webhook deliveries.")
 
     @classmethod
     def from_record(
@@ -218,6 +229,7 @@ class ResultResponse(StatusResponse):
             timings=StageTimings(**record.timings) if record.timings else None,
             reproducibility=dict(record.reproducibility) or None,
             expires_at=_datetime(record.expires_at),
+            webhook=_webhook(record),
         )
 
 
@@ -227,6 +239,16 @@ class FileUploadResponse(_Response):
     size_bytes: int = Field(ge=0, description="Size of the stored file in bytes.")
     created_at: datetime
     expires_at: datetime | None = Field(None, description="After this moment the file is deleted.")
+
+
+class WebhookSecretResponse(_Response):
+    secret: str = Field(
+        description="Verifies this tenant's webhook deliveries (Standard Webhooks, whsec_...)."
+    )
+    previous_secret: str | None = Field(
+        None, description="The secret before the last rotation; deliveries are signed with both until then."
+    )
+    previous_valid_until: datetime | None = None
 
 
 class ErrorDetail(_Response):
@@ -245,6 +267,19 @@ class ErrorBody(_Response):
 
 def _datetime(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def _webhook(record: JobRecord) -> WebhookDeliveries | None:
+    if record.webhook is None:
+        return None
+    return WebhookDeliveries(
+        url=record.webhook,
+        events=(record.webhook_events or "").split(","),
+        delivered=record.webhook_delivered,
+        failed=record.webhook_failed,
+        attempts=record.webhook_attempts,
+        last_error=record.webhook_last_error,
+    )
 
 
 def _status_fields(record: JobRecord, queue_position: int | None) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from pipeline.boxes import Box as SpeakerBox
@@ -22,6 +22,7 @@ from serve.api.knobs import (
     InputFacts,
     SizeOption,
     Text,
+    WebhookFields,
     audio_cfg_field,
     cfg_field,
     frames_field,
@@ -70,7 +71,7 @@ def _box_field(side: str) -> object:
     )
 
 
-class TwoSpeakerRequest(BaseModel):
+class TwoSpeakerRequest(WebhookFields):
     model_config = ConfigDict(extra="forbid", frozen=True, title="Input")
 
     image: Text = Field(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from pipeline.source_video import dubbing_size
 from serve import fields
@@ -18,6 +18,7 @@ from serve.api.knobs import (
     FrameCount,
     InputFacts,
     Text,
+    WebhookFields,
     audio_cfg_field,
     cfg_field,
     match_audio_length_field,
@@ -35,7 +36,7 @@ DEFAULT_DUBBING_PROMPT = "a person is talking"
 _REFERENCE_FORMS = "an https:// URL, a data: URI, or the id of a file uploaded with POST /v1/files (file_...)"
 
 
-class VideoToVideoRequest(BaseModel):
+class VideoToVideoRequest(WebhookFields):
     model_config = ConfigDict(extra="forbid", frozen=True, title="Input")
 
     video: Text = Field(

@@ -16,6 +16,7 @@ from serve.config import AppConfig
 from serve.maintenance import Maintenance
 from serve.readiness import CachedCounts, serve_replica_counts
 from serve.services import Services
+from serve.webhooks import WebhookDispatcher
 
 logger = logging.getLogger("ray.serve")
 
@@ -35,6 +36,15 @@ class Ingress:
         self._stop = threading.Event()
         self._interval = self._services.config.queue.maintenance_interval_seconds
         threading.Thread(target=self._maintain, name="maintenance", daemon=True).start()
+        config = self._services.config
+        WebhookDispatcher(
+            self._services.async_store,
+            self._services.storage,
+            self._services.webhook_targets,
+            config.webhooks,
+            public_base_url=config.public_base_url,
+            url_ttl_seconds=config.storage.url_ttl_seconds,
+        ).run_in_thread(self._stop)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self._context)

@@ -94,6 +94,9 @@ class FetchPolicy:
     max_redirects: int = 5
     allow_http_and_private: bool = False
     allowed_networks: tuple[IPNetwork, ...] = ()
+    # http:// is accepted for hosts whose every address lies in one of these (the loopback, for a developer's
+    # own webhook receiver); they are exempt from the address check like ``allowed_networks``.
+    http_networks: tuple[IPNetwork, ...] = ()
     user_agent: str = "infinitetalk-serve input fetcher"
 
     def __post_init__(self) -> None:
@@ -109,11 +112,9 @@ class FetchPolicy:
             or self.max_redirects < 0
         ):
             raise ValueError(f"max_redirects must be a non-negative integer, got {self.max_redirects!r}")
-        object.__setattr__(
-            self,
-            "allowed_networks",
-            tuple(ipaddress.ip_network(n, strict=True) for n in self.allowed_networks),
-        )
+        for name in ("allowed_networks", "http_networks"):
+            networks = tuple(ipaddress.ip_network(n, strict=True) for n in getattr(self, name))
+            object.__setattr__(self, name, networks)
 
     @classmethod
     def from_config(cls, config: FetchConfig) -> FetchPolicy:
@@ -293,6 +294,22 @@ class Fetcher:
             except TimeoutError:
                 raise _timeout(field, self.policy.timeout_seconds) from None
 
+    async def check(self, url: str, *, field: str) -> None:
+        """Refuse ``url`` now (``InputRejected`` naming ``field``) if a request to it would be refused."""
+        await self._addresses(self._parse(url, field), field)
+
+    async def post(self, url: str, content: bytes, headers: dict[str, str], *, field: str) -> int:
+        """POST ``content`` to ``url`` under the same guard as a fetch (no redirects followed); the status."""
+        target = self._parse(url, field)
+        addresses = await self._addresses(target, field)
+        timeout = httpx.Timeout(self.policy.timeout_seconds, connect=self.policy.connect_timeout_seconds)
+        async with httpx.AsyncClient(verify=self._verify, trust_env=False, timeout=timeout) as client:
+            response = await self._open(
+                client, target, addresses, field, method="POST", content=content, extra=headers
+            )
+            await response.aclose()
+            return response.status_code
+
     async def _follow(self, client: httpx.AsyncClient, url: str, field: str, max_bytes: int) -> FetchedInput:
         current = url
         for _hop in range(self.policy.max_redirects + 1):
@@ -330,7 +347,8 @@ class Fetcher:
         except ValueError:
             raise _blocked(field, "the URL is malformed") from None
         scheme = parts.scheme.lower()
-        allowed = ("https", "http") if self.policy.allow_http_and_private else ("https",)
+        plain_http = self.policy.allow_http_and_private or self.policy.http_networks
+        allowed = ("https", "http") if plain_http else ("https",)
         if scheme not in allowed:
             raise _blocked(field, f"only {' and '.join(s + '://' for s in allowed)} URLs are fetched")
         if parts.username is not None or parts.password is not None:
@@ -342,6 +360,9 @@ class Fetcher:
             literal = parse_numeric_host(raw_host)
         except ValueError as error:
             raise _blocked(field, str(error)) from None
+        if scheme == "http" and not self.policy.allow_http_and_private and literal is None:
+            # Plain http only to an address of http_networks, given as such: no name is looked up for it.
+            raise _blocked(field, f"http:// only to {_networks(self.policy.http_networks)}; use https://")
         if literal is not None:
             host = str(literal)
         else:
@@ -391,6 +412,12 @@ class Fetcher:
             raise _failed(field, f"the host {target.host} has no addresses")
         if not self.policy.allow_http_and_private:
             for address in addresses:
+                if any(address in network for network in self.policy.http_networks):
+                    continue
+                if target.scheme == "http":
+                    raise _blocked(
+                        field, f"http:// only to {_networks(self.policy.http_networks)}; use https://"
+                    )
                 if any(address in network for network in self.policy.allowed_networks):
                     continue
                 reason = blocked_reason(address)
@@ -402,7 +429,15 @@ class Fetcher:
         return addresses
 
     async def _open(
-        self, client: httpx.AsyncClient, target: _Target, addresses: list[IPAddress], field: str
+        self,
+        client: httpx.AsyncClient,
+        target: _Target,
+        addresses: list[IPAddress],
+        field: str,
+        *,
+        method: str = "GET",
+        content: bytes | None = None,
+        extra: dict[str, str] | None = None,
     ) -> httpx.Response:
         headers = {
             "Host": target.host_header,
@@ -410,6 +445,7 @@ class Fetcher:
             "Accept": "*/*",
             # Compressed bodies would make the byte cap count the wrong bytes (and media is compressed).
             "Accept-Encoding": "identity",
+            **(extra or {}),
         }
         # Certificates are checked against the name, while the connection goes to the pinned address.
         extensions = (
@@ -418,7 +454,7 @@ class Fetcher:
         last_error: httpx.TransportError | None = None
         for address in addresses:
             request = client.build_request(
-                "GET", target.url_for(address), headers=headers, extensions=extensions
+                method, target.url_for(address), headers=headers, content=content, extensions=extensions
             )
             try:
                 return await client.send(request, stream=True)
@@ -454,6 +490,10 @@ class Fetcher:
         except httpx.TransportError as error:
             raise _failed(field, f"the download broke off ({_describe(error)})") from None
         return bytes(body)
+
+
+def _networks(networks: Sequence[IPNetwork]) -> str:
+    return ", ".join(str(network) for network in networks)
 
 
 def _is_local_name(host: str) -> bool:

@@ -24,7 +24,8 @@ from serve.jobs import operations
 from serve.jobs.errors import IdempotencyConflict
 from serve.jobs.keys import Keys
 from serve.jobs.operations import CancelOutcome, QueuePolicy, record_of
-from serve.jobs.records import JobRecord, JobStatus
+from serve.jobs.records import JobRecord, JobStatus, record_at
+from serve.jobs.webhook_secrets import WebhookSecrets
 
 T = TypeVar("T")
 ClientFactory = Callable[[], aioredis.Redis]
@@ -201,6 +202,41 @@ class AsyncJobStore:
 
     async def forget_upload(self, tenant: str, file_id: str) -> None:
         await self._run(operations.forget_upload(self.keys, tenant, file_id))
+
+    # -- webhooks -------------------------------------------------------------------------------------------
+
+    async def claim_deliveries(self, lease_seconds: float, limit: int) -> list[operations.Delivery]:
+        return await self._run(operations.claim_deliveries(self.keys, self._clock(), lease_seconds, limit))
+
+    async def delivery_done(
+        self, delivery: operations.Delivery, outcome: str, next_at: float | None = None, error: str = ""
+    ) -> None:
+        await self._run(operations.delivery_done(self.keys, delivery, outcome, next_at, error))
+
+    async def job_at_event(self, request_id: str, event_id: str) -> JobRecord | None:
+        """The job as its event ``event_id`` left it (the record now where the stream no longer holds it);
+        None once the job is deleted."""
+        pipe = self._client().redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.job(request_id))
+        pipe.xrange(self.keys.events(request_id), min=event_id, max=event_id)
+        raw, entries = await pipe.execute()
+        if not raw:
+            return None
+        stored = {_text(key): _text(value) for key, value in raw.items()}
+        change = {_text(k): _text(v) for k, v in entries[0][1].items()} if entries else {}
+        return record_at(stored, change) if change else JobRecord.from_redis_hash(stored)
+
+    async def webhook_secrets(self, tenant: str) -> WebhookSecrets:
+        """The tenant's signing secrets, made on first use."""
+        redis = self._client().redis
+        await redis.hsetnx(self.keys.webhook_secrets, tenant, WebhookSecrets.new().to_json())
+        return WebhookSecrets.from_json(_text(await redis.hget(self.keys.webhook_secrets, tenant)))
+
+    async def rotate_webhook_secret(self, tenant: str) -> WebhookSecrets:
+        """A new current secret; the old one keeps signing alongside for ``ROTATION_GRACE_SECONDS``."""
+        rotated = (await self.webhook_secrets(tenant)).rotated(self._clock())
+        await self._client().redis.hset(self.keys.webhook_secrets, tenant, rotated.to_json())
+        return rotated
 
     async def count(self, metric: str, label: str = "") -> None:
         """Add one to a counter of ``serve.metrics`` (the store's scripts count submits and endings)."""

@@ -3,6 +3,9 @@ Cluster hash tag, so one namespace lives in one slot and the multi-key Lua scrip
 
     job:<id>          hash: the record (``JobRecord.to_redis_hash``) plus ``_seq``, ``_releases``, ``_idem``
     events:<id>       stream: one entry per change of the job's state (its status fields), for SSE
+    wh:<id>:<event>   hash: a webhook delivery (job, event type, stream entry, attempts so far)
+    wh_due            zset delivery -> time of its next attempt (or the end of a dispatcher's lease)
+    webhook_secrets   hash tenant -> its signing secrets (``serve.webhooks.WebhookSecrets`` JSON)
     tq:<tenant>       zset id -> submit sequence: a tenant's queued jobs, in order
     rotation          zset tenant -> turn: tenants with queued jobs, the one served longest ago first
     turn, seq         counters of the rotation and of submits
@@ -37,6 +40,8 @@ class Keys:
         self.draining = self.prefix + "draining"
         self.expiry = self.prefix + "expiry"
         self.uploads = self.prefix + "uploads"
+        self.webhook_secrets = self.prefix + "webhook_secrets"
+        self.webhook_due = self.prefix + "wh_due"
 
     def metric_counter(self, name: str) -> str:
         return f"{self.prefix}metrics:counter:{name}"

@@ -47,6 +47,8 @@ SCRIPTS = (
     "position",
     "upload",
     "forget_upload",
+    "webhook_claim",
+    "webhook_done",
 )
 
 
@@ -209,6 +211,10 @@ def create(
         lease_expires_at=None,
         run_deadline_at=None,
         idempotency_key=idempotency_key,
+        webhook_attempts=0,
+        webhook_delivered=0,
+        webhook_failed=0,
+        webhook_last_error=None,
     )
     suffix = "" if idempotency_key is None else keys.idempotency_suffix(record.tenant, idempotency_key)
 
@@ -384,3 +390,57 @@ def reserve_upload(
 def forget_upload(keys: Keys, tenant: str, file_id: str) -> Call[int]:
     """Take an upload off its tenant's quota (expired, or never stored); its size."""
     return Call("forget_upload", [keys.prefix, tenant, file_id], int)
+
+
+# -- webhooks ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook event to deliver: the job, the event type and the job's event-stream entry it is."""
+
+    delivery_id: str
+    request_id: str
+    tenant: str
+    type: str
+    event_id: str
+    created_at: float
+    attempts: int
+
+    @property
+    def webhook_id(self) -> str:
+        """The ``webhook-id`` of every attempt of this event: receivers deduplicate on it."""
+        return f"msg_{self.request_id}_{self.event_id}"
+
+
+def claim_deliveries(keys: Keys, now: float, lease_seconds: float, limit: int) -> Call[list[Delivery]]:
+    """Due deliveries, leased for ``lease_seconds`` (each attempt counted now)."""
+
+    def read(reply: Any) -> list[Delivery]:
+        deliveries = []
+        for delivery_id, flat in zip(reply[::2], reply[1::2], strict=True):
+            fields = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+            deliveries.append(
+                Delivery(
+                    delivery_id=_text(delivery_id),
+                    request_id=fields["request_id"],
+                    tenant=fields["tenant"],
+                    type=fields["type"],
+                    event_id=fields["event_id"],
+                    created_at=float(fields["created_at"]),
+                    attempts=int(fields["attempts"]),
+                )
+            )
+        return deliveries
+
+    return Call("webhook_claim", [keys.prefix, _num(now), _num(now + lease_seconds), limit], read)
+
+
+def delivery_done(
+    keys: Keys, delivery: Delivery, outcome: str, next_at: float | None = None, error: str = ""
+) -> Call[int]:
+    """Record an attempt's outcome: ``delivered``, ``retry`` (at ``next_at``) or ``gave_up``."""
+    if outcome not in ("delivered", "retry", "gave_up") or (outcome == "retry") != (next_at is not None):
+        raise ValueError(f"outcome {outcome!r} with next_at {next_at!r}")
+    args = [keys.prefix, delivery.delivery_id, delivery.request_id, outcome, _num(next_at or 0), error[:500]]
+    return Call("webhook_done", args, int)

@@ -42,6 +42,13 @@ class JobStatus(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+#: The status fields a change of state can alter: an entry of a job's event stream holds them (``lib.lua``).
+EVENT_FIELDS = frozenset(
+    {"status", "progress", "eta_seconds", "attempt", "cancel_requested", "started_at", "finished_at", "error"}
+)
+#: The events a job's webhook may be sent, and those it gets unless the request chooses.
+WEBHOOK_EVENTS = ("started", "progress", "completed", "failed", "cancelled")
+DEFAULT_WEBHOOK_EVENTS = ("completed", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,9 @@ _FLOAT_FIELDS = frozenset(
         "run_deadline_at",
     }
 )
-_INT_FIELDS = frozenset({"attempt", "max_attempts"})
+_INT_FIELDS = frozenset(
+    {"attempt", "max_attempts", "webhook_attempts", "webhook_delivered", "webhook_failed"}
+)
 _BOOL_FIELDS = frozenset({"cancel_requested"})
 
 
@@ -157,6 +166,14 @@ class JobRecord:
     # The current run must have ended by then (the configured maximum run time), or it fails ``time_limit``.
     run_deadline_at: float | None = None
     idempotency_key: str | None = None
+    # Where to deliver this job's webhooks, and which events (comma-separated ``WEBHOOK_EVENTS``); the store
+    # counts the delivery attempts, the events delivered and those given up, and keeps the last error.
+    webhook: str | None = None
+    webhook_events: str | None = None
+    webhook_attempts: int = 0
+    webhook_delivered: int = 0
+    webhook_failed: int = 0
+    webhook_last_error: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.request_id, str) or not self.request_id:
@@ -251,3 +268,9 @@ def _staged_dict(staged: StagedInput) -> dict[str, Any]:
 def compact_json(value: Any) -> str:
     """The store's JSON: no spaces, sorted keys (so equal values are equal strings)."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def record_at(stored: Mapping[str, str], change: Mapping[str, str]) -> JobRecord:
+    """The job as one change (an event-stream entry) left it: its stored hash with that change's fields."""
+    fixed = {key: value for key, value in stored.items() if key not in EVENT_FIELDS}
+    return JobRecord.from_redis_hash({**fixed, **change})

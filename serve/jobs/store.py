@@ -123,6 +123,10 @@ class JobStore:
         value = self._redis.get(self.keys.draining)
         return None if value is None else int(value)
 
+    def webhook_backlog(self) -> int:
+        """Webhook deliveries waiting for an attempt or a retry."""
+        return int(self._redis.zcard(self.keys.webhook_due))
+
     def ping(self) -> bool:
         try:
             return bool(self._redis.ping())

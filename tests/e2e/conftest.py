@@ -34,6 +34,7 @@ MODULE_ORDER = (
     "test_hostile_inputs",
     "test_modes",
     "test_client",
+    "test_webhooks",
     "test_schemathesis",
     "test_locust_smoke",
     "test_faults",

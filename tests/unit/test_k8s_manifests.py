@@ -963,6 +963,9 @@ def app_metric_names() -> set[str]:
         def counts(self):
             return {status: 1 for status in JobStatus}
 
+        def webhook_backlog(self):
+            return 0
+
     class Recorder:
         def counter(self, name):
             return {"x": 1.0}

@@ -14,7 +14,7 @@ if status == 'in_queue' then
 end
 if status == 'in_progress' then
   redis.call('HSET', job, 'cancel_requested', '1', 'updated_at', now)
-  changed(job, id)
+  changed(job, id, nil, now)
   return {'cancelling', record(job)}
 end
 return {'conflict', record(job)}

@@ -33,7 +33,7 @@ for _, tenant in ipairs(redis.call('ZRANGE', P .. 'rotation', 0, 999)) do
         usage(tenant, 'running', 1)
         redis.call('ZADD', P .. 'leases', lease, id)
         move('in_queue', 'in_progress')
-        changed(job, id)
+        changed(job, id, 'started', now)
         if redis.call('ZSCORE', P .. 'rotation', tenant) then
           redis.call('ZADD', P .. 'rotation', redis.call('INCR', P .. 'turn'), tenant)
         else

@@ -23,7 +23,7 @@ redis.call('HSET', job, '_seq', redis.call('INCR', P .. 'seq'), '_releases', 0)
 enqueue(job, id, tenant)
 usage(tenant, 'queued', 1)
 move(nil, 'in_queue')
-changed(job, id)
+changed(job, id, nil, nil)
 redis.call('HINCRBY', P .. 'metrics:counter:jobs_submitted', '', 1)
 if idem_suffix ~= '' then
   redis.call('HSET', job, '_idem', idem_suffix)

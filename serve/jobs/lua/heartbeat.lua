@@ -14,7 +14,7 @@ if ARGV[5] ~= '' then
 end
 if ARGV[6] ~= '' then redis.call('HSET', job, 'progress', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', job, 'eta_seconds', ARGV[7]) end
-if ARGV[6] ~= '' or ARGV[7] ~= '' then changed(job, id) end
+if ARGV[6] ~= '' or ARGV[7] ~= '' then changed(job, id, 'progress', now) end
 if redis.call('HGET', job, 'cancel_requested') == '1' then return 'cancel' end
 local run_deadline = tonumber(redis.call('HGET', job, 'run_deadline_at'))
 if run_deadline and tonumber(now) >= run_deadline then return 'time_limit' end

@@ -27,7 +27,10 @@ end
 -- replays from a client's Last-Event-ID: the status fields that change, as the change leaves them.
 local EVENT_FIELDS = {'status', 'progress', 'eta_seconds', 'attempt', 'cancel_requested', 'started_at',
   'finished_at', 'error'}
-local function changed(job, id)
+-- A change that is a webhook event (``kind``: started, progress, completed, failed, cancelled) the job's
+-- request chose is also a delivery, recorded here, in the transition itself: ``wh:<job id>:<event id>``
+-- (what to send) and its time in ``wh_due``, which the dispatchers claim from.
+local function changed(job, id, kind, now)
   local values = redis.call('HMGET', job, unpack(EVENT_FIELDS))
   local entry = {}
   for i, name in ipairs(EVENT_FIELDS) do
@@ -36,7 +39,14 @@ local function changed(job, id)
       entry[#entry + 1] = values[i]
     end
   end
-  redis.call('XADD', P .. 'events:' .. id, 'MAXLEN', '~', '512', '*', unpack(entry))
+  local event_id = redis.call('XADD', P .. 'events:' .. id, 'MAXLEN', '~', '512', '*', unpack(entry))
+  if not kind then return end
+  local chosen = redis.call('HGET', job, 'webhook_events')
+  if not chosen or not string.find(',' .. chosen .. ',', ',' .. kind .. ',', 1, true) then return end
+  local delivery = id .. ':' .. event_id
+  redis.call('HSET', P .. 'wh:' .. delivery, 'request_id', id, 'tenant', redis.call('HGET', job, 'tenant'),
+    'type', kind, 'event_id', event_id, 'created_at', now, 'attempts', 0)
+  redis.call('ZADD', P .. 'wh_due', now, delivery)
 end
 
 -- Into the tenant's queue at the job's first sequence number (a requeued job keeps its place); a tenant
@@ -70,7 +80,7 @@ local function finish(job, id, tenant, old, new, now, expires_at)
   redis.call('ZREM', P .. 'deadlines', id)
   redis.call('ZADD', P .. 'expiry', expires_at, id)
   move(old, new)
-  changed(job, id)
+  changed(job, id, new, now)
 end
 
 local function requeue(job, id, tenant, now)
@@ -82,7 +92,7 @@ local function requeue(job, id, tenant, now)
   usage(tenant, 'queued', 1)
   enqueue(job, id, tenant)
   move('in_progress', 'in_queue')
-  changed(job, id)
+  changed(job, id, nil, now)
 end
 
 local function attempts_left(job)
