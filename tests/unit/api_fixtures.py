@@ -55,7 +55,7 @@ ALIASES = [
     "128_cfg",
 ]
 # Fields of the seed endpoint beyond the seed page's (documented as extensions).
-EXTENSIONS = ["audio_cfg", "match_audio_length"]
+EXTENSIONS = ["audio_cfg", "match_audio_length", "webhook", "webhook_events"]
 # The body of the seed page's curl example, verbatim.
 SEED_BODY = {
     "241_positive_prompt": "a woman is talking and waving hands",

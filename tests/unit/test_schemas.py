@@ -246,6 +246,7 @@ def _record(**overrides: object) -> SimpleNamespace:
         "reproducibility": {},
         "expires_at": None,
         "cancel_requested": False,
+        "webhook": None,
     }
     base.update(overrides)
     return SimpleNamespace(**base)
