@@ -20,13 +20,14 @@ answer; a job that ends failed or cancelled raises ``JobFailed`` from ``wait``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 from httpx_sse import EventSource, ServerSentEvent
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from serve.api.schemas import ResultResponse, StatusResponse, SubmitRequest, SubmitResponse
 from serve.api.two_speakers import TwoSpeakerRequest
@@ -80,7 +81,16 @@ __all__ = [
     "TwoSpeakers",
     "Unauthorized",
     "VideoToVideo",
+    "WebhookVerificationError",
+    "verify_webhook",
 ]
+
+
+def verify_webhook(secret: str, body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+    """A webhook delivery's event, once its Standard Webhooks signature checks out against ``secret`` (from
+    ``GET /v1/webhooks/secret``) and its timestamp is recent; ``WebhookVerificationError`` otherwise.
+    ``body`` must be the raw bytes received."""
+    return Webhook(secret).verify(body, dict(headers))
 
 
 def local_files(request: JobRequest) -> dict[str, Path]:

@@ -33,8 +33,8 @@ IDLE_TIMEOUT_S = 240.0
 MODULE_ORDER = (
     "test_hostile_inputs",
     "test_modes",
-    "test_client",
-    "test_webhooks",
+    "test_python_client",
+    "test_webhook_delivery",
     "test_schemathesis",
     "test_locust_smoke",
     "test_faults",
