@@ -256,7 +256,7 @@ CASES: list[Hostile] = [
     field_case("range-seed-below-int64", 422, "validation_error", seed=-(2**63) - 1),
     field_case("range-seed-huge", 422, "validation_error", seed=10**40),
     # -- unknown and missing fields -------------------------------------------------------------------------
-    field_case("unknown-field", 422, "validation_error", webhook="https://127.0.0.1:1/hook"),
+    field_case("unknown-field", 422, "validation_error", callback_url="https://127.0.0.1:1/hook"),
     field_case("unknown-near-miss-name", 422, "validation_error", **{"241_positive_prompt ": "hi"}),
     field_case("missing-image", 422, "validation_error", image=...),
     field_case("missing-audio", 422, "validation_error", audio=...),
