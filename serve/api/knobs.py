@@ -210,8 +210,8 @@ def webhook_events_field() -> Any:
     )
 
 
-class WebhookFields(BaseModel):
-    """The webhook extension fields every submit body has (after its own fields)."""
+class SubmitFields(BaseModel):
+    """What every submit body shares: the webhook extension fields, and its sampling knobs as settings."""
 
     webhook: Text | None = webhook_field()
     webhook_events: list[WebhookEvent] | None = webhook_events_field()
@@ -222,6 +222,11 @@ class WebhookFields(BaseModel):
         if events is not None and info.data.get("webhook") is None:
             raise PydanticCustomError("webhook_missing", "webhook_events needs a webhook URL")
         return events
+
+    def sampling_knobs(self) -> dict[str, Any]:
+        """The knobs every endpoint has (seed, steps, shift, cfg, audio_cfg), as ``JobSettings`` fields."""
+        knobs = {name: getattr(self, name) for name in ("seed", "steps", "shift", "cfg", "audio_cfg")}
+        return {**knobs, **{name: float(knobs[name]) for name in ("shift", "cfg", "audio_cfg")}}
 
     def chosen_webhook_events(self) -> str | None:
         """The events the webhook gets, comma-separated (the store's form); None without a webhook."""

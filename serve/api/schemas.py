@@ -23,8 +23,8 @@ from serve.api.knobs import (
     FrameCount,
     InputFacts,
     SizeOption,
+    SubmitFields,
     Text,
-    WebhookFields,
     audio_cfg_field,
     cfg_field,
     frames_field,
@@ -58,7 +58,7 @@ def _parse_size(option: str) -> tuple[int, int]:
 SIZES: dict[str, tuple[int, int]] = {option: _parse_size(option) for option in SIZE_OPTIONS}
 
 
-class SubmitRequest(WebhookFields):
+class SubmitRequest(SubmitFields):
     """The body of ``POST /v1/models/community/infinite-talk/image-to-video``."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, title="Input")
@@ -120,11 +120,7 @@ class SubmitRequest(WebhookFields):
             width=width,
             height=height,
             frames=frames,
-            seed=self.seed,
-            steps=self.steps,
-            shift=float(self.shift),
-            cfg=float(self.cfg),
-            audio_cfg=float(self.audio_cfg),
+            **self.sampling_knobs(),
         )
 
     def body_hash(self) -> str:

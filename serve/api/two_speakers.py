@@ -21,8 +21,8 @@ from serve.api.knobs import (
     FrameCount,
     InputFacts,
     SizeOption,
+    SubmitFields,
     Text,
-    WebhookFields,
     audio_cfg_field,
     cfg_field,
     frames_field,
@@ -71,7 +71,7 @@ def _box_field(side: str) -> object:
     )
 
 
-class TwoSpeakerRequest(WebhookFields):
+class TwoSpeakerRequest(SubmitFields):
     model_config = ConfigDict(extra="forbid", frozen=True, title="Input")
 
     image: Text = Field(
@@ -159,11 +159,7 @@ class TwoSpeakerRequest(WebhookFields):
             width=width,
             height=height,
             frames=frames,
-            seed=self.seed,
-            steps=self.steps,
-            shift=float(self.shift),
-            cfg=float(self.cfg),
-            audio_cfg=float(self.audio_cfg),
+            **self.sampling_knobs(),
             order=self.order,
             boxes=boxes,
         )

@@ -17,8 +17,8 @@ from serve import fields
 from serve.api.knobs import (
     FrameCount,
     InputFacts,
+    SubmitFields,
     Text,
-    WebhookFields,
     audio_cfg_field,
     cfg_field,
     match_audio_length_field,
@@ -36,7 +36,7 @@ DEFAULT_DUBBING_PROMPT = "a person is talking"
 _REFERENCE_FORMS = "an https:// URL, a data: URI, or the id of a file uploaded with POST /v1/files (file_...)"
 
 
-class VideoToVideoRequest(WebhookFields):
+class VideoToVideoRequest(SubmitFields):
     model_config = ConfigDict(extra="forbid", frozen=True, title="Input")
 
     video: Text = Field(
@@ -96,11 +96,7 @@ class VideoToVideoRequest(WebhookFields):
             width=width,
             height=height,
             frames=resolve_frames(self.frames, self.follows_speech, facts),
-            seed=self.seed,
-            steps=self.steps,
-            shift=float(self.shift),
-            cfg=float(self.cfg),
-            audio_cfg=float(self.audio_cfg),
+            **self.sampling_knobs(),
         )
 
     def body_hash(self) -> str:
