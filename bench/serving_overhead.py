@@ -29,7 +29,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -90,13 +89,15 @@ def http_job(client: ApiClient, body: dict) -> dict[str, float]:
     if outcome.status != "completed":
         raise RuntimeError(f"benchmark job {request_id} ended {outcome.status}")
     fetching = time.perf_counter()
-    result = client.result(request_id).json()
-    client.http.get(result["output"]["video"]).raise_for_status()
+    result = client.result(request_id)
+    if result.output is None or result.timings is None:
+        raise RuntimeError(f"benchmark job {request_id} completed without a video or timings")
+    client.http.get(result.output.video).raise_for_status()
     done = time.perf_counter()
-    stages = sum(seconds for stage, seconds in result["timings"].items() if stage not in SERVING_STAGES)
+    timings = result.timings.model_dump(exclude_none=True)
+    stages = sum(seconds for stage, seconds in timings.items() if stage not in SERVING_STAGES)
     created, run_from, finished = (
-        datetime.fromisoformat(moment).timestamp()
-        for moment in (outcome.created_at, outcome.started_at, outcome.finished_at)
+        moment.timestamp() for moment in (outcome.created_at, outcome.started_at, outcome.finished_at)
     )
     return {
         "total": done - started,

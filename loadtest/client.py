@@ -1,4 +1,5 @@
-"""A small synchronous client of the job API, shared by the runner's drain, the fault battery and the tests.
+"""The load test's view of the job API: the package's own client (``serve.client``) plus a run's bookkeeping,
+shared by the runner's drain, the fault battery, the benchmarks and the e2e tests.
 
 Locust users make their own requests (through Locust's client, so they are measured); this client is for
 the bookkeeping around a run: following every accepted job to a terminal state, cancelling what is still
@@ -7,20 +8,30 @@ queued, and checking that a completed job's result is one single, downloadable v
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
+
+from serve.client import ApiError, Client, ImageToVideo, StatusResponse, TwoSpeakers, VideoToVideo
 
 MODEL_PATH = "/v1/models/community/infinite-talk/image-to-video"
 TWO_SPEAKER_PATH = "/v1/models/community/infinite-talk/fast/multi"
 VIDEO_TO_VIDEO_PATH = "/v1/models/community/infinite-talk/video-to-video"
 #: The job modes a load test can mix, by the name ``--modes`` gives them, and their submit paths.
 MODE_PATHS = {"image": MODEL_PATH, "multi": TWO_SPEAKER_PATH, "video": VIDEO_TO_VIDEO_PATH}
+REQUEST_MODELS: dict[str, type[BaseModel]] = {
+    MODEL_PATH: ImageToVideo,
+    TWO_SPEAKER_PATH: TwoSpeakers,
+    VIDEO_TO_VIDEO_PATH: VideoToVideo,
+}
 EXAMPLE_IMAGE = "Runcomfy_example_1278_1.png"
 EXAMPLE_AUDIO = "Runcomfy_example_1278_1.mp3"
 DEFAULT_PROMPT = "a woman is talking and waving hands"
@@ -124,25 +135,24 @@ class JobOutcome:
     status: str = "unknown"
     attempt: int | None = None
     error_code: str | None = None
-    created_at: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
     @classmethod
-    def from_status(cls, body: dict[str, Any]) -> JobOutcome:
-        error = body.get("error") or {}
+    def from_status(cls, status: StatusResponse) -> JobOutcome:
         return cls(
-            request_id=body["request_id"],
-            status=body["status"],
-            attempt=body.get("attempt"),
-            error_code=error.get("code") if isinstance(error, dict) else None,
-            created_at=body.get("created_at"),
-            started_at=body.get("started_at"),
-            finished_at=body.get("finished_at"),
+            request_id=status.request_id,
+            status=status.status,
+            attempt=status.attempt,
+            error_code=status.error.code if status.error is not None else None,
+            created_at=status.created_at,
+            started_at=status.started_at,
+            finished_at=status.finished_at,
         )
 
 
@@ -164,37 +174,16 @@ class DrainReport:
         return sorted(rid for rid, outcome in self.outcomes.items() if not outcome.terminal)
 
 
-class ApiClient:
-    """One tenant's view of the API (a bearer token), over one keep-alive connection pool."""
+class ApiClient(Client):
+    """One tenant's ``serve.client.Client`` (the default token: the local stack's), plus the bookkeeping of a
+    run and ``post_job``, which hands back the raw answer for code that counts or checks answers."""
 
     def __init__(self, base_url: str, token: str | None = DEFAULT_TOKEN, *, timeout: float = 30.0) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        super().__init__(base_url, token, timeout=timeout)
 
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> ApiClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def submit(
-        self, body: dict[str, Any] | None = None, *, path: str = MODEL_PATH, **kwargs: Any
-    ) -> httpx.Response:
-        """POST a job to ``path`` (the seed endpoint by default; its cheapest job without ``body``)."""
-        return self.http.post(path, json=job_body() if body is None else body, **kwargs)
-
-    def status(self, request_id: str) -> httpx.Response:
-        return self.http.get(f"/v1/requests/{request_id}/status")
-
-    def result(self, request_id: str) -> httpx.Response:
-        return self.http.get(f"/v1/requests/{request_id}/result")
-
-    def cancel(self, request_id: str) -> httpx.Response:
-        return self.http.post(f"/v1/requests/{request_id}/cancel")
+    def post_job(self, body: dict[str, Any] | None = None, *, path: str = MODEL_PATH) -> httpx.Response:
+        """POST a job body to ``path`` as it is (default: the seed endpoint and its cheapest job)."""
+        return self.http.post(path, json=job_body() if body is None else body)
 
     def healthy(self) -> bool:
         try:
@@ -210,21 +199,19 @@ class ApiClient:
         raise KeyError(f"{name} is not in /metrics")
 
     def submit_accepted(self, body: dict[str, Any] | None = None, *, path: str = MODEL_PATH) -> str:
-        """Submit and insist on a 202; the request id."""
-        response = self.submit(body, path=path)
-        if response.status_code != 202:
-            raise AssertionError(f"submit answered {response.status_code}: {response.text[:500]}")
-        return response.json()["request_id"]
+        """Submit a body (validated by the endpoint's own request model first); the request id, or the
+        ``ApiError`` the server answered."""
+        request = REQUEST_MODELS[path].model_validate(job_body() if body is None else body)
+        return self.submit(request).request_id
 
     def outcome(self, request_id: str) -> JobOutcome | int:
         """The job's state, or the HTTP status (0: no response) when the API did not answer 200."""
         try:
-            response = self.status(request_id)
+            return JobOutcome.from_status(self.status(request_id))
+        except ApiError as error:
+            return error.status
         except httpx.HTTPError:
             return 0
-        if response.status_code != 200:
-            return response.status_code
-        return JobOutcome.from_status(response.json())
 
     def wait_until(
         self, request_id: str, statuses: Iterable[str], timeout: float, poll: float = 0.5
@@ -261,8 +248,8 @@ class ApiClient:
             for rid in ids:
                 current = self.outcome(rid)
                 if isinstance(current, JobOutcome) and current.status == "in_queue":
-                    response = self.cancel(rid)
-                    if response.status_code in (200, 202):
+                    with contextlib.suppress(ApiError):  # 409: it ended meanwhile
+                        self.cancel(rid)
                         report.cancelled_by_drain.append(rid)
         deadline = started + timeout
         pending = set(ids)

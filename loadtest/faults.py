@@ -27,12 +27,13 @@ touches another stack's replicas. CLI:
 from __future__ import annotations
 
 import argparse
-import io
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -47,6 +48,7 @@ import yaml
 
 from loadtest.client import DEFAULT_TOKEN, ApiClient, JobOutcome, job_body
 from loadtest.stack import APP_NAME, find_replicas, is_constructed
+from serve.client import ApiError, ResultResponse, RetryLater
 from serve.config import AppConfig
 from serve.jobs.embedded_redis import EmbeddedRedis
 
@@ -235,8 +237,9 @@ def _embedded_redis(target: FaultTarget) -> EmbeddedRedis:
 
 
 def _storage_key(video_url: str) -> str:
+    """A download link is ``/v1/`` and the object's key (``outputs/<tenant>/...``)."""
     path = unquote(urlsplit(video_url).path)
-    prefix = "/v1/outputs/"
+    prefix = "/v1/"
     return path[len(prefix) :] if path.startswith(prefix) else path
 
 
@@ -244,26 +247,28 @@ def check_results(client: ApiClient, target: FaultTarget, outcomes: dict[str, Jo
     """Problems with the visible results: each completed job must show one stable, decodable video."""
     problems = []
     for rid, outcome in outcomes.items():
-        first, second = client.result(rid), client.result(rid)
-        if first.status_code != 200 or second.status_code != 200:
-            problems.append(f"{rid}: result answered {first.status_code}/{second.status_code}")
+        try:
+            one, two = client.result(rid), client.result(rid)
+        except ApiError as error:
+            problems.append(f"{rid}: result answered {error}")
             continue
-        one, two = first.json(), second.json()
-        video = (one.get("output") or {}).get("video")
         if outcome.status != "completed":
-            if video:
-                problems.append(f"{rid}: {outcome.status} but shows output {video}")
+            if one.output is not None:
+                problems.append(f"{rid}: {outcome.status} but shows output {one.output.video}")
             elif target.storage_root is not None and (left := _job_objects(target.storage_root, "*", rid)):
                 problems.append(f"{rid}: {outcome.status} but its output folder holds {left}")
             continue
-        if not video or _storage_key(video) != _storage_key((two.get("output") or {}).get("video", "")):
+        if one.output is None or two.output is None:
+            problems.append(f"{rid}: completed without an output")
+            continue
+        if _storage_key(one.output.video) != _storage_key(two.output.video):
             problems.append(f"{rid}: the output changes between reads")
             continue
-        if one.get("finished_at") != two.get("finished_at"):
+        if one.finished_at != two.finished_at:
             problems.append(f"{rid}: finished_at changes between reads")
         if target.storage_root is not None:
-            problems += _check_stored_output(target.storage_root, rid, _storage_key(video))
-        problems += _check_video(client, rid, video, target)
+            problems += _check_stored_output(target.storage_root, rid, _storage_key(one.output.video))
+        problems += _check_video(client, one, target)
     return problems
 
 
@@ -290,19 +295,22 @@ def _check_stored_output(storage_root: Path, rid: str, key: str) -> list[str]:
     return []
 
 
-def _check_video(client: ApiClient, rid: str, url: str, target: FaultTarget) -> list[str]:
+def _check_video(client: ApiClient, result: ResultResponse, target: FaultTarget) -> list[str]:
     import av
 
-    response = client.http.get(url)
-    if response.status_code != 200:
-        return [f"{rid}: download answered {response.status_code}"]
-    try:
-        with av.open(io.BytesIO(response.content)) as container:
-            stream = container.streams.video[0]
-            frames = sum(1 for _ in container.decode(stream))
-            size = (stream.codec_context.width, stream.codec_context.height)
-    except (av.error.FFmpegError, IndexError) as error:
-        return [f"{rid}: the video does not decode ({error})"]
+    rid = result.request_id
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            video = client.download(result, Path(folder) / "video.mp4")
+        except ApiError as error:
+            return [f"{rid}: download answered {error}"]
+        try:
+            with av.open(str(video)) as container:
+                stream = container.streams.video[0]
+                frames = sum(1 for _ in container.decode(stream))
+                size = (stream.codec_context.width, stream.codec_context.height)
+        except (av.error.FFmpegError, IndexError) as error:
+            return [f"{rid}: the video does not decode ({error})"]
     if frames != target.expected_frames or size != target.expected_size:
         expected = f"{target.expected_frames} frames of {target.expected_size}"
         return [f"{rid}: the video has {frames} frames of {size}, expected {expected}"]
@@ -329,13 +337,12 @@ class _Run:
     def submit(self) -> str | None:
         self.report.submitted += 1
         try:
-            response = self.client.submit(job_body(seed=len(self.report.accepted) + int(time.time())))
+            rid = self.client.submit_accepted(job_body(seed=len(self.report.accepted) + int(time.time())))
+        except ApiError:
+            return None
         except httpx.HTTPError as error:
             self.report.notes.append(f"submit got no response ({type(error).__name__})")
             return None
-        if response.status_code != 202:
-            return None
-        rid = response.json()["request_id"]
         self.report.accepted.append(rid)
         return rid
 
@@ -450,17 +457,16 @@ def restart_redis(target: FaultTarget, timeout: float = 360.0, downtime: float =
 
 def fill_queue(target: FaultTarget, timeout: float = 300.0) -> FaultReport:
     run = _Run(target, "fill-queue", timeout)
-    refused: httpx.Response | None = None
+    refused: RetryLater | None = None
     for _ in range(target.max_queued + 5):
         run.report.submitted += 1
-        response = run.client.submit(job_body(seed=run.report.submitted))
-        if response.status_code == 202:
-            run.report.accepted.append(response.json()["request_id"])
-        elif response.status_code == 429:
-            refused = response
+        try:
+            run.report.accepted.append(run.client.submit_accepted(job_body(seed=run.report.submitted)))
+        except RetryLater as error:
+            refused = error
             break
-        else:
-            run.report.notes.append(f"submit answered {response.status_code}")
+        except ApiError as error:
+            run.report.notes.append(f"submit answered {error}")
             break
     run.report.api_errors = {"429": 1} if refused is not None else {}
     if refused is None:
@@ -468,13 +474,15 @@ def fill_queue(target: FaultTarget, timeout: float = 300.0) -> FaultReport:
     else:
         run.report.details = {
             "accepted_before_429": len(run.report.accepted),
-            "code": refused.json().get("error", {}).get("code"),
-            "retry_after": refused.headers.get("Retry-After"),
+            "status": refused.status,
+            "code": refused.code,
+            "retry_after": refused.retry_after,
         }
         run.report.notes.append(f"refused with 429 {run.report.details}")
     cancelled_at = time.monotonic()
     for rid in run.report.accepted:
-        run.client.cancel(rid)
+        with contextlib.suppress(ApiError):  # 409: it ended meanwhile
+            run.client.cancel(rid)
     # Recovery: the queue takes work again once it was emptied.
     while time.monotonic() < run.deadline:
         again = run.submit()

@@ -38,6 +38,7 @@ from loadtest.stack import BATTERY_MAX_AUDIO_BYTES as MAX_AUDIO_BYTES
 from loadtest.stack import BATTERY_MAX_IMAGE_BYTES as MAX_IMAGE_BYTES
 from loadtest.stack import TOKEN
 from serve.api.errors import ApiError, api_error_from
+from serve.client import InvalidRequest, NotFound
 from serve.inputs.errors import InputRejected
 from serve.inputs.fetcher import Fetcher, FetchPolicy
 
@@ -833,17 +834,20 @@ def test_server_still_serves_a_normal_job(idle_stack, api: ApiClient, other_api:
     request_id = api.submit_accepted(job_body(image=file_id))
 
     # Another tenant learns nothing: not the job, not its result, not the uploaded file.
-    assert other_api.status(request_id).status_code == 404
-    assert other_api.result(request_id).status_code == 404
-    assert other_api.cancel(request_id).status_code == 404
-    borrowed = other_api.submit(job_body(image=file_id))
-    assert (borrowed.status_code, borrowed.json()["error"]["code"]) == (422, "input_file_not_found")
+    for call in (other_api.status, other_api.result, other_api.cancel):
+        with pytest.raises(NotFound):
+            call(request_id)
+    with pytest.raises(InvalidRequest) as borrowed:
+        other_api.submit_accepted(job_body(image=file_id))
+    assert (borrowed.value.status, borrowed.value.code) == (422, "input_file_not_found")
 
     outcome = api.wait_until(request_id, {"completed", "failed", "cancelled"}, timeout=240)
     assert outcome.status == "completed", outcome
-    result = api.result(request_id).json()
-    video = api.http.get(result["output"]["video"])
+    result = api.result(request_id)
+    assert result.output is not None, result
+    video = api.http.get(result.output.video)
     assert video.status_code == 200 and video.content[4:8] == b"ftyp"
-    assert other_api.result(request_id).status_code == 404
-    tampered = result["output"]["video"].replace("sig=", "sig=0")
+    with pytest.raises(NotFound):
+        other_api.result(request_id)
+    tampered = result.output.video.replace("sig=", "sig=0")
     assert api.http.get(tampered).status_code == 404

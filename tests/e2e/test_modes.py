@@ -23,6 +23,7 @@ from loadtest.client import (
 from loadtest.stack import BATTERY_MAX_VIDEO_BYTES, BATTERY_MAX_VIDEO_SECONDS
 from pipeline.audio import SAMPLE_RATE, decode_audio
 from pipeline.streaming import speech_frame_count
+from serve.client import NotFound
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +32,7 @@ SOURCE = media.data_uri(media.counting_video(seconds=2.0, width=96, height=64), 
 
 
 def _refusal(api: ApiClient, path: str, body: dict, status: int, code: str, field: str) -> None:
-    response = api.submit(body, path=path)
+    response = api.post_job(body, path=path)
     assert response.status_code == status, response.text[:500]
     error = response.json()["error"]
     assert error["code"] == code, error
@@ -39,8 +40,9 @@ def _refusal(api: ApiClient, path: str, body: dict, status: int, code: str, fiel
 
 
 def _download(api: ApiClient, request_id: str) -> av.container.InputContainer:
-    result = api.result(request_id).json()
-    video = api.http.get(result["output"]["video"])
+    result = api.result(request_id)
+    assert result.output is not None, result
+    video = api.http.get(result.output.video)
     assert video.status_code == 200 and video.content[4:8] == b"ftyp"
     return av.open(io.BytesIO(video.content))
 
@@ -66,9 +68,9 @@ def test_two_speakers_and_dubbing_run_end_to_end(idle_stack, api: ApiClient, oth
     too_big = media.data_uri(b"\x00" * (BATTERY_MAX_VIDEO_BYTES + 1), "video/mp4")
     _refusal(api, VIDEO_TO_VIDEO_PATH, dubbing_body(video=too_big), 413, "input_too_large", "video")
     for request_id in (two, dub):
-        assert other_api.status(request_id).status_code == 404
-        assert other_api.result(request_id).status_code == 404
-        assert other_api.cancel(request_id).status_code == 404
+        for call in (other_api.status, other_api.result, other_api.cancel):
+            with pytest.raises(NotFound):
+                call(request_id)
 
     for request_id in (two, dub):
         outcome = api.wait_until(request_id, {"completed", "failed", "cancelled"}, timeout=JOB_TIMEOUT_S)
@@ -84,4 +86,5 @@ def test_two_speakers_and_dubbing_run_end_to_end(idle_stack, api: ApiClient, oth
         assert (video.width, video.height) == (96, 64)  # the source's size
         frames = sum(1 for _ in container.decode(video=0))
     assert frames == speech_frame_count(decode_audio(media.ASSETS / "speech.mp3").size / SAMPLE_RATE)
-    assert other_api.result(dub).status_code == 404
+    with pytest.raises(NotFound):
+        other_api.result(dub)

@@ -18,6 +18,7 @@ from standardwebhooks.webhooks import Webhook
 from loadtest.client import ApiClient, job_body
 from loadtest.stack import free_port
 from loadtest.webhook_receiver import Receiver
+from serve.api.schemas import WebhookDeliveries
 from serve.client import verify_webhook
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +33,12 @@ def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout:.0f} s: {what}")
         time.sleep(0.5)
+
+
+def _deliveries(api: ApiClient, request_id: str) -> WebhookDeliveries:
+    webhook = api.result(request_id).webhook
+    assert webhook is not None, f"the result of {request_id} shows no webhook deliveries"
+    return webhook
 
 
 def _secret(api: ApiClient) -> str:
@@ -50,10 +57,9 @@ def test_every_chosen_event_arrives_signed_even_through_failures(idle_stack, api
         )
 
         def all_delivered() -> bool:
-            result = api.result(request_id).json()
-            webhook = result["webhook"]
+            webhook = _deliveries(api, request_id)
             types = {json.loads(body)["type"] for _, body in receiver.received}
-            return "completed" in types and webhook["delivered"] + webhook["failed"] == len(
+            return "completed" in types and webhook.delivered + webhook.failed == len(
                 {headers["webhook-id"] for headers, _ in receiver.received}
             )
 
@@ -71,14 +77,14 @@ def test_every_chosen_event_arrives_signed_even_through_failures(idle_stack, api
     assert len(verified) == len({webhook_id for webhook_id, _ in verified}) + 2
     completed = next(event for _, event in verified if event["type"] == "completed")
     assert completed["status"] == "completed" and completed["output"]["video"]
-    assert api.result(request_id).json()["webhook"]["failed"] == 0
+    assert _deliveries(api, request_id).failed == 0
 
 
 @pytest.mark.parametrize(
     "url", ["https://10.0.0.1/hooks", "https://169.254.169.254/latest", "http://192.168.1.1/hooks"]
 )
 def test_a_private_webhook_target_is_refused_at_submit(api: ApiClient, url: str) -> None:
-    response = api.submit({**job_body(), "webhook": url})
+    response = api.post_job({**job_body(), "webhook": url})
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "invalid_webhook"
 
@@ -90,8 +96,8 @@ def test_a_receiver_down_across_a_stack_restart_gets_the_event_after(idle_stack,
     url = f"http://127.0.0.1:{port}/hooks"
     request_id = api.submit_accepted({**job_body(), "webhook": url})
     assert api.wait_until(request_id, {"completed", "failed"}, timeout=JOB_TIMEOUT_S).status == "completed"
-    _until(lambda: api.result(request_id).json()["webhook"]["attempts"] >= 1, 30, "a refused attempt")
-    assert api.result(request_id).json()["webhook"]["delivered"] == 0
+    _until(lambda: _deliveries(api, request_id).attempts >= 1, 30, "a refused attempt")
+    assert _deliveries(api, request_id).delivered == 0
 
     idle_stack.stop()
     idle_stack.start()
@@ -102,4 +108,4 @@ def test_a_receiver_down_across_a_stack_restart_gets_the_event_after(idle_stack,
         receiver.close()
     headers, body = receiver.received[0]
     assert verify_webhook(_secret(api), body, headers)["type"] == "completed"  # the client's helper
-    _until(lambda: api.result(request_id).json()["webhook"]["delivered"] == 1, 30, "the delivery recorded")
+    _until(lambda: _deliveries(api, request_id).delivered == 1, 30, "the delivery recorded")

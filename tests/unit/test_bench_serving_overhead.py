@@ -10,7 +10,9 @@ import pytest
 
 from bench import serving_overhead
 from bench.serving_overhead import http_job, result_rows
-from loadtest.client import ApiClient
+from loadtest.client import ApiClient, job_body
+
+BASE = "http://127.0.0.1:1"
 
 
 def iso(timestamp: float) -> str:
@@ -25,31 +27,34 @@ def job_api() -> ApiClient:
         nonlocal polls
         path = request.url.path
         if request.method == "POST":
-            return httpx.Response(202, json={"request_id": "job-1"})
+            urls = {
+                f"{name}_url": f"{BASE}/v1/requests/job-1/{name}" for name in ("status", "result", "cancel")
+            }
+            return httpx.Response(202, json={"request_id": "job-1", **urls})
         if path.endswith("/status"):
             polls += 1
             if polls == 1:
-                return httpx.Response(200, json={"request_id": "job-1", "status": "in_queue"})
-            now = time.time()  # the job finished half a second before this poll saw it
-            times = {"created_at": now - 11.0, "started_at": now - 10.5, "finished_at": now - 0.5}
-            body = {"request_id": "job-1", "status": "completed", **{k: iso(v) for k, v in times.items()}}
-            return httpx.Response(200, json=body)
+                return httpx.Response(200, json={**job, "status": "in_queue"})
+            return httpx.Response(200, json=finished)
         if path.endswith("/result"):
             timings = {"fetch_inputs": 0.2, "sampling": 3.0, "vae_decode": 5.0, "mux": 1.0, "upload": 0.3}
             return httpx.Response(
-                200, json={"output": {"video": "http://127.0.0.1:1/v1/outputs/x"}, "timings": timings}
+                200, json={**finished, "output": {"video": f"{BASE}/v1/outputs/x"}, "timings": timings}
             )
         return httpx.Response(200, content=b"mp4")
 
-    client = ApiClient("http://127.0.0.1:1", "token")
-    client.http = httpx.Client(base_url=client.base_url, transport=httpx.MockTransport(answer))
+    now = time.time()  # the job finished half a second before the second poll saw it
+    job = {"request_id": "job-1", "created_at": iso(now - 11.0)}
+    finished = {**job, "status": "completed", "started_at": iso(now - 10.5), "finished_at": iso(now - 0.5)}
+    client = ApiClient(BASE, "token")
+    client.http = httpx.Client(base_url=BASE, transport=httpx.MockTransport(answer))
     return client
 
 
 def test_an_http_job_splits_into_the_pipelines_stages_and_the_rest(monkeypatch) -> None:
     monkeypatch.setattr(serving_overhead, "POLL_INTERVAL_S", 0.0)
     with job_api() as client:
-        job = http_job(client, {})
+        job = http_job(client, job_body())
     assert job["queued"] == pytest.approx(0.5)
     assert job["running"] == pytest.approx(10.0)
     assert job["pipeline_stages"] == pytest.approx(9.0)  # fetching inputs and uploading are the server's
