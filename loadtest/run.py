@@ -224,10 +224,10 @@ def percentile(values: list[float], fraction: float) -> float | None:
     return ordered[rank - 1]
 
 
-def _seconds_between(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
+def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
         return None
-    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    return (end - start).total_seconds()
 
 
 def summarise(

@@ -66,6 +66,7 @@ def test_locust_smoke(idle_stack, tmp_path: Path) -> None:
         check=False,
     )
     print(run.stdout)
+    assert (results / "summary.json").exists(), f"loadtest.run exited {run.returncode}: {run.stderr[-3000:]}"
     summary = json.loads((results / "summary.json").read_text())
 
     assert summary["lost"] == [], run.stdout
