@@ -24,6 +24,7 @@ directory as it ends, so a run stopped at its time limit still leaves what it me
     python -m bench.gpu_sampler --preset tiny --device cpu --size 64x64 --job-frames 81 --fp8 weights
                                                                       # the CPU dry run (a unit test)
     python -m bench.gpu_sampler --fast-job-only                       # the fast path's compile, pass, job
+    python -m bench.gpu_sampler --jobs-only                           # phases 2 and 5 alone (~6 minutes)
 
 Every optional phase checks the clock first and is skipped, with a note in the result, when it would crowd
 out the replicas before ``--deadline-seconds``: the first run on an H200 (2026-12-04) compiled with
@@ -79,7 +80,7 @@ JOB_PSNR_BOUND_DB = 30.0
 TARGET_PASS_SECONDS = 3.0
 TARGET_JOB_SECONDS = 45.0
 # Not sdpa-flash by default: the slowest on the H200 (6.80 s a pass against 5.21 s); --kernels adds it.
-KERNELS = (AttentionKernel.SDPA, AttentionKernel.SDPA_CUDNN, AttentionKernel.SAGE)
+KERNELS = (AttentionKernel.SDPA, AttentionKernel.SDPA_CUDNN, AttentionKernel.SAGE, AttentionKernel.FA4)
 CHUNKED_TOKENS = 4096  # the token chunk of the memory plan (README, "Performance")
 # Seconds later phases need at least (H200, 720x720, the seed job): optional work that would crowd them
 # out is skipped instead.
@@ -503,12 +504,13 @@ def full_run(setting: Setting, args: argparse.Namespace) -> None:
         if args.no_compiled_bf16:
             variants.pop()
     run.attempt("compiled", phase_compiled, setting, reference, variants, kernel, args.compile_tuning)
-    # Nothing of the in-process models may stay on the device while the replicas measure it.
     model = quantized = variants = reference = None
-    torch._dynamo.reset()  # its caches hold the compiled models
-    gc.collect()
-    if setting.device.type == "cuda":
-        torch.cuda.empty_cache()
+    _release_device(setting.device)
+    phase_replicas(setting, args, fp8, kernel)
+
+
+def phase_replicas(setting: Setting, args: argparse.Namespace, fp8: Fp8Mode, kernel: AttentionKernel) -> None:
+    run = setting.run
     if run.fits("replicas", REPLICAS_SECONDS):
         spec = {
             "preset": setting.preset.name,
@@ -522,6 +524,24 @@ def full_run(setting: Setting, args: argparse.Namespace) -> None:
         }
         run.figures["replicas"] = run_replicas(setting.scratch, spec, run.deadline, run.say)
         run.save_partial()
+
+
+def jobs_only(setting: Setting, args: argparse.Namespace, fp8: Fp8Mode, kernel: AttentionKernel) -> None:
+    """The figures the first H200 run's time box left out, without the pass phases: the eager bf16 reference
+    job, then the replicas (the fast job's PSNR against it; replicas sharing the device against one)."""
+    run = setting.run
+    run.say(f"building the DiT ({setting.preset.name}) on {setting.device} in {setting.dtype}")
+    run.attempt("reference job", phase_reference_job, setting, setting.build_dit(), args.job_frames)
+    _release_device(setting.device)
+    phase_replicas(setting, args, fp8, kernel)
+
+
+def _release_device(device: torch.device) -> None:
+    """Nothing of the in-process models may stay on the device while the replicas measure it."""
+    torch._dynamo.reset()  # its caches hold the compiled models
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -542,8 +562,14 @@ def main(argv: list[str] | None = None) -> int:
         "pass on an H200, for passes 2 %% faster)",
     )
     parser.add_argument("--deadline-seconds", type=float, default=540.0, help="skip what would not fit")
-    fast = parser.add_argument_group("the fast path's compile, pass and seed job alone")
-    fast.add_argument("--fast-job-only", action="store_true")
+    fast = parser.add_argument_group("the fast path alone (--fast-fp8, --fast-kernel)")
+    only = fast.add_mutually_exclusive_group()
+    only.add_argument("--fast-job-only", action="store_true", help="its compile, pass and seed job")
+    only.add_argument(
+        "--jobs-only",
+        action="store_true",
+        help="the eager reference job, then the replicas on the fast path (PSNR, shared vs one)",
+    )
     fast.add_argument("--fast-fp8", default=Fp8Mode.DYNAMIC.value, choices=[m.value for m in Fp8Mode])
     fast.add_argument(
         "--fast-kernel", default=AttentionKernel.AUTO.value, choices=[k.value for k in AttentionKernel]
@@ -568,10 +594,13 @@ def main(argv: list[str] | None = None) -> int:
             job_frames=args.job_frames,
             bounds={"pass_relative_distance": PASS_DISTANCE_BOUND, "job_psnr_db": JOB_PSNR_BOUND_DB},
         )
+        head_dim = setting.config["attention_head_dim"]
         if args.fast_job_only:
-            head_dim = setting.config["attention_head_dim"]
             kernel = resolve_kernel(args.fast_kernel, device, setting.dtype, head_dim)
             fast_job_only(setting, Fp8Mode(args.fast_fp8), kernel, args.compile_tuning, args.job_frames)
+        elif args.jobs_only:
+            kernel = resolve_kernel(args.fast_kernel, device, setting.dtype, head_dim)
+            jobs_only(setting, args, Fp8Mode(args.fast_fp8), kernel)
         else:
             full_run(setting, args)
     path = write_result("gpu_sampler", run.figures, args.results)

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=AttentionKernel.AUTO.value,
         help="self-attention kernel: 'auto' (default: the fastest exact kernel this device runs, cuDNN on "
         "Hopper), 'sdpa' (PyTorch's own pick, the reference), 'sdpa-cudnn', 'sdpa-flash', 'sage' "
-        "(SageAttention, pip install sageattention: approximate, slower than cuDNN on Hopper)",
+        "(SageAttention, pip install sageattention: approximate, slower than cuDNN on Hopper), 'fa4' "
+        "(FlashAttention-4 on Hopper/Blackwell, pip install flash-attn-4; not measured yet)",
     )
     gen.add_argument(
         "--compile",

@@ -47,6 +47,7 @@ class AttentionKernel(StrEnum):
     SDPA_CUDNN = "sdpa-cudnn"
     SDPA_FLASH = "sdpa-flash"
     SAGE = "sage"
+    FA4 = "fa4"
 
 
 @dataclass(frozen=True)

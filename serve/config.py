@@ -45,7 +45,7 @@ class ModelConfig(_Strict):
     attention: AttentionKernel = Field(
         AttentionKernel.AUTO,
         description="self-attention kernel: 'auto' (the fastest this device runs, logged at start), 'sdpa' "
-        "(the reference), 'sdpa-cudnn', 'sdpa-flash', 'sage'",
+        "(the reference), 'sdpa-cudnn', 'sdpa-flash', 'sage', 'fa4' (FlashAttention-4, Hopper/Blackwell)",
     )
     compile: bool = Field(
         False, description="torch.compile the DiT blocks when the sampler starts (warm up warmup_sizes)"

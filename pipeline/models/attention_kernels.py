@@ -8,6 +8,9 @@
 * ``sage``: SageAttention (``pip install sageattention``; PyPI has 1.x, Triton kernels): Q and K quantised
   to int8 per block, P·V in fp16. Approximate (a pass moved 1.1 %), and on Hopper slower than cuDNN, so
   ``auto`` never picks it; its Hopper-specific successors (SageAttention 2/3) are not on PyPI.
+* ``fa4``: FlashAttention-4 (``pip install flash-attn-4``; CuTe DSL kernels for Hopper and Blackwell,
+  compiled on their first call per shape). Exact attention. Not yet measured here, so not in ``AUTO_ORDER``:
+  ``bench.gpu_sampler`` times it beside the others wherever it is installed.
 * ``auto``: the first kernel of ``AUTO_ORDER`` that this device and environment can run.
 
 Only the self-attention switches kernels. The cross-attentions (257 image, 512 text, 32 audio keys) are a
@@ -42,6 +45,8 @@ _SDPA_BACKENDS = {
     AttentionKernel.SDPA_FLASH: [SDPBackend.FLASH_ATTENTION],
 }
 _SAGE_HEAD_DIMS = (64, 96, 128)
+# FlashAttention-4's forward: Hopper (9.x) and Blackwell (10.x, 11.x), head dims multiples of 8 up to 256.
+_FA4_ARCHS = (9, 10, 11)
 # What PyTorch's fused kernels take: cuDNN's and FlashAttention-2's need Ampere or newer, half precision, and
 # head dims that are multiples of 8 up to 256 (cuDNN's limit; FlashAttention-2's too).
 _FUSED_MIN_CAPABILITY = (8, 0)
@@ -68,11 +73,24 @@ def unusable_reason(
         if head_dim not in _SAGE_HEAD_DIMS:
             return f"'sage' takes head dims {_SAGE_HEAD_DIMS}, the model has {head_dim}"
         return None
+    if kernel is AttentionKernel.FA4:
+        if major not in _FA4_ARCHS:
+            return f"'fa4' runs on Hopper or Blackwell GPUs, this one has compute capability {major}.{minor}"
+        if not _flash_attention_4_installed():
+            return "'fa4' needs FlashAttention-4: pip install flash-attn-4"
     if head_dim % 8 or head_dim > _FUSED_MAX_HEAD_DIM:
         return f"'{kernel.value}' takes head dims that are multiples of 8 up to 256, the model has {head_dim}"
     if kernel is AttentionKernel.SDPA_CUDNN and not torch.backends.cudnn.is_available():
         return "'sdpa-cudnn' needs cuDNN, which this PyTorch build lacks"
     return None
+
+
+def _flash_attention_4_installed() -> bool:
+    # FlashAttention-4 installs flash_attn.cute into a namespace package; FlashAttention-2 (flash_attn) has
+    # no cute submodule. find_spec of a submodule imports its parent, so the parent is looked up first.
+    return importlib.util.find_spec("flash_attn") is not None and (
+        importlib.util.find_spec("flash_attn.cute") is not None
+    )
 
 
 def resolve_kernel(
@@ -105,6 +123,8 @@ def attend(
     every kernel but ``sdpa`` (which goes through diffusers' dispatcher); same layout out."""
     if kernel is AttentionKernel.SAGE:
         return torch.ops.infinitetalk.sage_attention(query, key, value)
+    if kernel is AttentionKernel.FA4:
+        return torch.ops.infinitetalk.flash_attention_4(query, key, value)
     backends = _SDPA_BACKENDS.get(kernel)
     if backends is None:
         raise ValueError(f"attend() runs the non-reference kernels, not {kernel.value!r}")
@@ -128,4 +148,18 @@ def sage_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) 
 
 @sage_attention.register_fake
 def _sage_attention_shape(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return query.new_empty(query.shape)
+
+
+# Opaque to torch.compile as SageAttention is: FlashAttention-4 compiles and launches its own CuTe kernels.
+@torch.library.custom_op("infinitetalk::flash_attention_4", mutates_args=())
+def flash_attention_4(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    from flash_attn.cute import flash_attn_func
+
+    out, _ = flash_attn_func(query, key, value, causal=False)  # [B, L, heads, head_dim] in and out
+    return out
+
+
+@flash_attention_4.register_fake
+def _flash_attention_4_shape(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return query.new_empty(query.shape)

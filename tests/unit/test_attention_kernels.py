@@ -54,7 +54,7 @@ def _run(model, inputs) -> torch.Tensor:
         return model(**inputs)
 
 
-@pytest.mark.parametrize("kernel", ["sdpa-cudnn", "sdpa-flash", "sage"])
+@pytest.mark.parametrize("kernel", ["sdpa-cudnn", "sdpa-flash", "sage", "fa4"])
 def test_gpu_kernels_are_refused_off_the_gpu_with_the_reason(kernel):
     with pytest.raises(InputError, match=f"'{kernel}' runs on CUDA GPUs; the model is on cpu"):
         resolve_kernel(kernel, CPU, FP32, 128)
@@ -93,9 +93,11 @@ def test_auto_falls_back_to_sdpa_where_the_fused_kernels_cannot_run(
             resolve_kernel(kernel, CUDA, dtype, head_dim)
 
 
-def test_auto_order_leaves_sage_out_and_ends_with_what_runs_anywhere():
-    # SageAttention 1.0.6 measured slower than cuDNN on the H200 (docs/architecture.md, "Fast path").
+def test_auto_order_leaves_sage_and_fa4_out_and_ends_with_what_runs_anywhere():
+    # SageAttention 1.0.6 measured slower than cuDNN on the H200 (docs/architecture.md, "Fast path");
+    # FlashAttention-4 is not measured yet.
     assert AttentionKernel.SAGE not in attention_kernels.AUTO_ORDER
+    assert AttentionKernel.FA4 not in attention_kernels.AUTO_ORDER
     assert attention_kernels.AUTO_ORDER[-1] is AttentionKernel.SDPA
 
 
@@ -105,6 +107,23 @@ def test_sage_needs_its_package_and_a_head_dim_it_has_kernels_for(hopper, monkey
     monkeypatch.setattr(attention_kernels.importlib.util, "find_spec", lambda name: object())
     assert unusable_reason(AttentionKernel.SAGE, CUDA, BF16, 128) is None
     assert "head dims" in unusable_reason(AttentionKernel.SAGE, CUDA, BF16, 80)
+
+
+def test_fa4_needs_hopper_or_blackwell_and_flash_attention_4(hopper, monkeypatch):
+    installed: set[str] = set()
+    monkeypatch.setattr(
+        attention_kernels.importlib.util, "find_spec", lambda name: object() if name in installed else None
+    )
+    assert "pip install flash-attn-4" in unusable_reason(AttentionKernel.FA4, CUDA, BF16, 128)
+    installed.add("flash_attn")  # FlashAttention-2 has no flash_attn.cute
+    assert "pip install flash-attn-4" in unusable_reason(AttentionKernel.FA4, CUDA, BF16, 128)
+    installed.add("flash_attn.cute")
+    assert unusable_reason(AttentionKernel.FA4, CUDA, BF16, 128) is None
+    assert "bf16 or fp16" in unusable_reason(AttentionKernel.FA4, CUDA, FP32, 128)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert "Hopper or Blackwell" in unusable_reason(AttentionKernel.FA4, CUDA, BF16, 128)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (10, 0))
+    assert unusable_reason(AttentionKernel.FA4, CUDA, BF16, 128) is None
 
 
 def test_unknown_kernels_are_refused_by_name():
@@ -193,4 +212,31 @@ def test_sage_op_has_a_shape_for_tracing_without_running_it():
     with FakeTensorMode():
         query = torch.empty(2, 42525, 40, 128, dtype=torch.bfloat16)
         out = torch.ops.infinitetalk.sage_attention(query, query, query)
+    assert out.shape == query.shape and out.dtype == torch.bfloat16
+
+
+def test_fa4_op_runs_non_causal_attention_in_the_token_major_layout(monkeypatch):
+    received: dict[str, object] = {}
+
+    def flash_attn_func(query, key, value, **options):
+        received.update(shapes=(query.shape, key.shape, value.shape), options=options)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            *(t.transpose(1, 2) for t in (query, key, value))
+        )
+        return out.transpose(1, 2), None  # FlashAttention-4 answers (out, lse)
+
+    cute = types.SimpleNamespace(flash_attn_func=flash_attn_func)
+    monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(cute=cute))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    query, key, value = (torch.randn(1, 10, 2, 16) for _ in range(3))
+    out = attend(query, key, value, AttentionKernel.FA4)
+    assert received == {"shapes": (query.shape, key.shape, value.shape), "options": {"causal": False}}
+    reference = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", query, key) / 4.0, dim=-1)
+    torch.testing.assert_close(out, torch.einsum("bhqk,bkhd->bqhd", reference, value))
+
+
+def test_fa4_op_has_a_shape_for_tracing_without_running_it():
+    with FakeTensorMode():
+        query = torch.empty(2, 42525, 40, 128, dtype=torch.bfloat16)
+        out = torch.ops.infinitetalk.flash_attention_4(query, query, query)
     assert out.shape == query.shape and out.dtype == torch.bfloat16

@@ -84,6 +84,7 @@ def test_the_whole_run_on_the_cpu_writes_every_phase(tmp_path, capsys):
     reference = rows["eager float32, sdpa"]
     assert reference["relative_distance"] == 0 and reference["seconds_per_pass"] > 0
     assert "runs on CUDA GPUs" in rows["eager float32, sage"]["error"]  # each kernel: a row, timed or why not
+    assert "runs on CUDA GPUs" in rows["eager float32, fa4"]["error"]
     assert 0 < rows["eager fp8 weights, sdpa"]["relative_distance"] < PASS_DISTANCE_BOUND
     assert "GPU" in rows["eager fp8 dynamic, sdpa"]["error"]
     assert (
@@ -109,3 +110,17 @@ def test_the_fast_job_alone(tmp_path):
     assert figures["fast_path"]["warmup_seconds"] and figures["passes"][0]["seconds_per_pass"] > 0
     assert figures["fast_path"]["compiled"] == "yes" and figures["fast_path"]["attention"] == "sdpa"
     assert figures["fast_job"]["seconds"] > 0
+
+
+@pytest.mark.slow
+def test_the_jobs_alone_give_the_psnr_and_the_shared_device(tmp_path):
+    argv = [*TINY_RUN, "--fast-fp8", "weights", "--jobs-only", "--results", str(tmp_path)]
+    assert main(argv) == 0
+    (path,) = tmp_path.glob("gpu_sampler-2*.json")
+    figures = json.loads(path.read_text())["figures"]
+    assert "passes" not in figures and figures["reference_job"]["seconds"] > 0
+    replicas = figures["replicas"]
+    assert "error" not in replicas, replicas
+    assert replicas["spec"]["fp8"] == "weights" and replicas["spec"]["attention"] == "sdpa"
+    assert replicas["solo"]["psnr_db_vs_reference"] > 20  # fp8 weights against the fp32 eager job
+    assert replicas["shared_over_one"] > 0
