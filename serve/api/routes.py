@@ -9,6 +9,7 @@ before it reads anything of the request: a caller without a valid token learns n
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -66,10 +67,12 @@ TWO_SPEAKER_PATH = "/v1/models/community/infinite-talk/fast/multi"
 VIDEO_TO_VIDEO_PATH = "/v1/models/community/infinite-talk/video-to-video"
 # /docs loads Swagger UI from here (the fastapi-offline package), not from a CDN.
 DOCS_ASSETS_PATH = "/docs/assets"
-# Ids this API issues (uuid4 hex); anything else is never echoed back into an error message.
 _BODY_SLACK_BYTES = 64 * 1024
 _JSON_TYPES = ("application/json",)
 Body = TypeVar("Body", SubmitRequest, TwoSpeakerRequest, VideoToVideoRequest)
+Route = TypeVar("Route", bound=Callable[..., Any])
+# A client's key for retrying a submit safely: the same key and body answer the same job.
+IdempotencyKey = Annotated[str | None, Header(max_length=200)]
 
 
 def request_body_limit(config: AppConfig) -> int:
@@ -107,43 +110,29 @@ def create_api(context: ApiContext) -> FastAPI:
             "cancel_url": f"{base}/v1/requests/{request_id}/cancel",
         }
 
-    @api.post(
-        MODEL_PATH,
-        status_code=202,
-        response_model=SubmitResponse,
-        responses=error_responses(400, 401, 409, 413, 415, 422, 429, 503),
-        summary="Submit a job",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": SubmitRequest.model_json_schema(by_alias=True)}},
-            }
-        },
-    )
+    def submit_route(path: str, summary: str, body_schema: dict[str, Any]) -> Callable[[Route], Route]:
+        """A job kind's POST: 202 with the job's links. The body is read and validated by hand (size-limited,
+        one error shape), so its schema goes into the OpenAPI document here."""
+        return api.post(
+            path,
+            status_code=202,
+            response_model=SubmitResponse,
+            responses=error_responses(400, 401, 409, 413, 415, 422, 429, 503),
+            summary=summary,
+            openapi_extra={
+                "requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}}
+            },
+        )
+
+    @submit_route(MODEL_PATH, "Submit a job", SubmitRequest.model_json_schema(by_alias=True))
     async def submit(
-        request: Request,
-        tenant: Tenant,
-        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        request: Request, tenant: Tenant, idempotency_key: IdempotencyKey = None
     ) -> JSONResponse:
         return await accept(request, tenant, await _json_body(request, SubmitRequest), idempotency_key)
 
-    @api.post(
-        TWO_SPEAKER_PATH,
-        status_code=202,
-        response_model=SubmitResponse,
-        responses=error_responses(400, 401, 409, 413, 415, 422, 429, 503),
-        summary="Submit a two-speaker job",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": TwoSpeakerRequest.model_json_schema()}},
-            }
-        },
-    )
+    @submit_route(TWO_SPEAKER_PATH, "Submit a two-speaker job", TwoSpeakerRequest.model_json_schema())
     async def submit_two_speakers(
-        request: Request,
-        tenant: Tenant,
-        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        request: Request, tenant: Tenant, idempotency_key: IdempotencyKey = None
     ) -> JSONResponse:
         body = await _json_body(request, TwoSpeakerRequest)
         if model.variant.speakers < 2:
@@ -156,23 +145,11 @@ def create_api(context: ApiContext) -> FastAPI:
             )
         return await accept(request, tenant, body, idempotency_key)
 
-    @api.post(
-        VIDEO_TO_VIDEO_PATH,
-        status_code=202,
-        response_model=SubmitResponse,
-        responses=error_responses(400, 401, 409, 413, 415, 422, 429, 503),
-        summary="Submit a video-to-video (dubbing) job",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": VideoToVideoRequest.model_json_schema()}},
-            }
-        },
+    @submit_route(
+        VIDEO_TO_VIDEO_PATH, "Submit a video-to-video (dubbing) job", VideoToVideoRequest.model_json_schema()
     )
     async def submit_video_to_video(
-        request: Request,
-        tenant: Tenant,
-        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        request: Request, tenant: Tenant, idempotency_key: IdempotencyKey = None
     ) -> JSONResponse:
         body = await _json_body(request, VideoToVideoRequest)
         return await accept(request, tenant, body, idempotency_key)
