@@ -4,6 +4,7 @@ script; the figures come from running it on a GPU)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,11 +75,16 @@ def test_psnr_of_frames():
     assert psnr_db(off_by_one, reference) == pytest.approx(20 * np.log10(255.0))
 
 
+def _figures(results: Path, *options: str) -> dict:
+    """The figures of one tiny CPU run of the benchmark with ``options``."""
+    assert main([*TINY_RUN, *options, "--results", str(results)]) == 0
+    (path,) = results.glob("gpu_sampler-2*.json")
+    return json.loads(path.read_text())["figures"]
+
+
 @pytest.mark.slow
 def test_the_whole_run_on_the_cpu_writes_every_phase(tmp_path, capsys):
-    assert main([*TINY_RUN, "--fp8", "weights,dynamic", "--results", str(tmp_path)]) == 0
-    (path,) = tmp_path.glob("gpu_sampler-2*.json")
-    figures = json.loads(path.read_text())["figures"]
+    figures = _figures(tmp_path, "--fp8", "weights,dynamic")
     assert json.loads((tmp_path / "gpu_sampler-partial.json").read_text())["figures"] == figures
     rows = {row["variant"]: row for row in figures["passes"]}
     reference = rows["eager float32, sdpa"]
@@ -103,10 +109,7 @@ def test_the_whole_run_on_the_cpu_writes_every_phase(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_fast_job_alone(tmp_path):
-    argv = [*TINY_RUN, "--fast-fp8", "weights", "--fast-job-only", "--results", str(tmp_path)]
-    assert main(argv) == 0
-    (path,) = tmp_path.glob("gpu_sampler-2*.json")
-    figures = json.loads(path.read_text())["figures"]
+    figures = _figures(tmp_path, "--fast-fp8", "weights", "--fast-job-only")
     assert figures["fast_path"]["warmup_seconds"] and figures["passes"][0]["seconds_per_pass"] > 0
     assert figures["fast_path"]["compiled"] == "yes" and figures["fast_path"]["attention"] == "sdpa"
     assert figures["fast_job"]["seconds"] > 0
@@ -114,10 +117,7 @@ def test_the_fast_job_alone(tmp_path):
 
 @pytest.mark.slow
 def test_the_jobs_alone_give_the_psnr_and_the_shared_device(tmp_path):
-    argv = [*TINY_RUN, "--fast-fp8", "weights", "--jobs-only", "--results", str(tmp_path)]
-    assert main(argv) == 0
-    (path,) = tmp_path.glob("gpu_sampler-2*.json")
-    figures = json.loads(path.read_text())["figures"]
+    figures = _figures(tmp_path, "--fast-fp8", "weights", "--jobs-only")
     assert "passes" not in figures and figures["reference_job"]["seconds"] > 0
     replicas = figures["replicas"]
     assert "error" not in replicas, replicas
