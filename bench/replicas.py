@@ -3,11 +3,11 @@
 the lent GPU machine's transfer limit).
 
 The orchestrator writes ``spec.json`` into a scratch directory and starts the workers
-(``python -m bench.replicas DIR INDEX``). Each builds a sampler on the fast path, warms it up and writes
-``ready-<i>.json``; it then runs one job per round the orchestrator releases by creating ``go-<round>``:
-worker 0 alone (``solo``), then every worker at once (``shared``), each writing ``<round>-<i>.json``. A worker
-gives up when the orchestrator's deadline passes or the orchestrator is gone, so none is left holding the
-device.
+(``python -m bench.replicas DIR INDEX``). Each, held to its share of the device's memory as a replica is
+(``pipeline.gpu_memory``), builds a sampler on the fast path, warms it up and writes ``ready-<i>.json``; it
+then runs one job per round the orchestrator releases by creating ``go-<round>``: worker 0 alone (``solo``),
+then every worker at once (``shared``), each writing ``<round>-<i>.json``. A worker gives up when the
+orchestrator's deadline passes or the orchestrator is gone, so none is left holding the device.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from bench.jobs import psnr_db, run_job, seed_request
 from pipeline.components import apply_options, random_components
+from pipeline.gpu_memory import GIB, cap_to_share
 from pipeline.sizes import parse_size
 from pipeline.warmup import warm_up
 
@@ -98,6 +100,8 @@ def worker(scratch: Path, index: int) -> int:
     """One sampler replica: build on the fast path, warm up, then run the jobs the orchestrator releases."""
     parent = os.getppid()
     spec = json.loads((scratch / "spec.json").read_text())
+    # Held to its share of the device's memory, as the Sampler replica is (serve.deployments.sampler).
+    memory_cap = cap_to_share(torch.device(spec["device"]), 1 / spec["replicas"])
     started = time.perf_counter()
     components = apply_options(
         random_components(spec["preset"], device=spec["device"]),
@@ -108,7 +112,10 @@ def worker(scratch: Path, index: int) -> int:
     )
     built = time.perf_counter() - started
     warmed = warm_up(components, [parse_size(spec["size"])])
-    _write(scratch, f"ready-{index}", {"build_seconds": built, "warmup_seconds": warmed})
+    ready = {"build_seconds": built, "warmup_seconds": warmed}
+    if memory_cap is not None:
+        ready["memory_cap_gib"] = round(memory_cap / GIB, 2)
+    _write(scratch, f"ready-{index}", ready)
     request = seed_request(spec["size"], spec["frames"])
     reference_file = scratch / "reference.npy"
     reference = np.load(reference_file) if reference_file.exists() else None  # None: its job failed

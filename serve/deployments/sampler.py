@@ -15,12 +15,14 @@ import time
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.util import metrics as ray_metrics
 
-from pipeline.components import LoraSpec, load_components
+from pipeline.components import LoraSpec, load_components, resolve_device
+from pipeline.gpu_memory import GIB, cap_to_share
 from pipeline.warmup import warm_up
 from serve.config import AppConfig
 from serve.engine import PipelineEngine
@@ -35,15 +37,25 @@ logger = logging.getLogger("ray.serve")
 AUDIO_ENCODE_TIMEOUT_SECONDS = 600.0
 
 
+def gpu_share() -> float | None:
+    """This process's share of a GPU as Ray scheduled it (a replica's ``num_gpus``); None outside Ray or
+    without a GPU. (Asked outside Ray, the runtime context would start a local Ray: hence the check.)"""
+    if not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_assigned_resources().get("GPU") or None
+
+
 class Sampler:
     def __init__(self, config: dict[str, Any], redis_url: str, audio_encoder: DeploymentHandle) -> None:
         app_config = AppConfig.model_validate(config)
         self._services = Services(app_config, redis_url)
         model = app_config.model
+        device = resolve_device(model.device)
+        memory_cap = cap_to_share(device, gpu_share())
         components = load_components(
             model.preset,
             weights_dir=model.weights_dir,
-            device=model.device,
+            device=device,
             loras=[LoraSpec(lora.path, lora.scale) for lora in model.loras],
             with_audio_encoder=False,
             fp8=model.fp8,
@@ -69,9 +81,10 @@ class Sampler:
         self._worker = JobWorker(self._services.store, runner, self._replica_id())
         self._worker.start()
         logger.info(
-            "sampler ready: %s on %s (%s)",
+            "sampler ready: %s on %s%s (%s)",
             model.preset,
             components.device,
+            "" if memory_cap is None else f", its share of the GPU: {memory_cap / GIB:.1f} GiB",
             ", ".join(f"{name} {value}" for name, value in components.identities.items()),
         )
 
