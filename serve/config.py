@@ -16,7 +16,7 @@ from pipeline.errors import SizeError
 from pipeline.presets import PRESETS, AttentionKernel, Fp8Mode
 from pipeline.sizes import parse_size
 from pipeline.streaming import DEFAULT_MAX_SPEECH_FRAMES
-from serve.jobs.operations import QueuePolicy
+from serve.jobs.operations import DAY, QueuePolicy
 
 
 class _Strict(BaseModel):
@@ -178,6 +178,9 @@ class QueueConfig(_Strict):
             lease_seconds=self.lease_seconds,
             max_attempts=self.max_attempts,
             retention_seconds=float(self.retention_seconds),
+            # A key answers with its job as long as the job is kept (the key is deleted with it); this
+            # expiry is a backstop, with a day more for the time the job waits and runs before it is kept.
+            idempotency_seconds=float(self.retention_seconds) + DAY,
             max_queued=self.max_queued,
             max_run_seconds=self.max_run_seconds,
             tenant_max_queued=self.tenant_max_queued,

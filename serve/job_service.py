@@ -11,8 +11,9 @@ A submit costs one hop to a worker thread, for the CPU and disk work; the rest i
    other's download;
 3. in one worker thread, a bounded number of submits at a time per replica: ``data:`` URIs decoded, uploads
    and examples read, every input probed as media, hashed and staged in storage;
-4. the job is created (atomically re-checking the bounds and the idempotency key); a submit refused there
-   deletes what it staged.
+4. the job is created (atomically re-checking the bounds and the idempotency key); a submit refused there,
+   or beaten to its idempotency key by a concurrent one, deletes what it staged (one whose reply was lost
+   keeps it: the job may exist).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from serve.inputs.fetcher import Fetcher
 from serve.inputs.probe import probe_any_media, probe_audio, probe_image, probe_video
 from serve.inputs.references import InputKind, InputResolver, PendingInput, new_file_id
 from serve.jobs.async_store import AsyncJobStore
-from serve.jobs.errors import AppDraining, JobGone, JobNotFound, QueueFull, TenantQueueFull
+from serve.jobs.errors import AppDraining, JobGone, JobNotFound, JobStoreError, QueueFull, TenantQueueFull
 from serve.jobs.records import JobRecord, JobSettings, StagedInput
 from serve.metrics import FETCH_FAILURES
 from serve.storage import ObjectStore, input_key, upload_key
@@ -130,10 +131,19 @@ class JobService:
             webhook_events=request.chosen_webhook_events(),
         )
         try:
-            return await self._store.create(record, idempotency_key, body_hash if idempotency_key else None)
-        except BaseException:
+            accepted, created = await self._store.create(
+                record, idempotency_key, body_hash if idempotency_key else None
+            )
+        except JobStoreError:
+            # Refused (queue full, the key used for another body): no record names these inputs.
             await anyio.to_thread.run_sync(self._unstage, inputs)
             raise
+        # Any other failure leaves them: a reply lost (a connection reset, a timeout, the request cancelled)
+        # may hide a job that was created and needs them. Unclaimed, they go with the storage sweep.
+        if not created:
+            # Another submit with this key won meanwhile; its record names its own inputs, not these.
+            await anyio.to_thread.run_sync(self._unstage, inputs)
+        return accepted, created
 
     async def _check_webhook(self, url: str) -> None:
         """The target passes the same address policy as input URLs (https, public addresses) or is refused

@@ -58,9 +58,5 @@ class Ingress:
             if self._stop.wait(self._interval):
                 return
 
-    def check_health(self) -> None:
-        if not self._services.store.ping():
-            raise RuntimeError("job store (Redis) unreachable")
-
     def __del__(self) -> None:
         self._stop.set()

@@ -25,6 +25,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 RETRIES_EXHAUSTED = "retries_exhausted"
 # error.code of a job whose run passed the configured maximum run time.
 TIME_LIMIT = "time_limit"
+# error.code of a job whose staged inputs are no longer in storage: no run of it can succeed.
+INPUTS_MISSING = "inputs_missing"
 
 
 class JobStatus(StrEnum):

@@ -13,7 +13,11 @@ What stops a run, and how it ends:
 * it makes no progress for ``stall_seconds`` (a hung CUDA call): the heartbeat stops renewing the lease, so
   the reaper hands the job to another replica, and ``stalled`` tells the replica's health check, so Serve
   replaces the replica that hangs;
-* the replica stops: the job is handed back to the queue at its place.
+* the replica stops: the job is handed back to the queue at its place;
+* its staged inputs are gone from storage: the job fails ``inputs_missing`` at once (no run can succeed).
+
+The call that ends the job (``complete``, ``fail``, ...) is retried through a Redis blip for up to a lease:
+each is safe to repeat, and giving up would throw a finished run away and leave its video behind.
 
 Every run writes its video under its own key; ``complete`` records which run won, and a run that loses
 (its lease moved on while it uploaded) deletes its object, so a job's output never changes once shown.
@@ -29,16 +33,22 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+import redis
 
 from pipeline.errors import PipelineError
 from serve.jobs.operations import Beat
-from serve.jobs.records import TIME_LIMIT, JobError, JobRecord, JobSettings, JobStatus
+from serve.jobs.records import INPUTS_MISSING, TIME_LIMIT, JobError, JobRecord, JobSettings, JobStatus
 from serve.jobs.store import JobStore
-from serve.storage import ObjectStore, output_key
+from serve.storage import ObjectNotFound, ObjectStore, output_key
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
+# Ending a job through a Redis blip: the first retry after this long, doubling up to the second.
+FIRST_SETTLE_RETRY_SECONDS = 0.2
+MAX_SETTLE_RETRY_SECONDS = 5.0
 # The engine reports progress every denoising step; a heartbeat goes with a report at most this often, so
 # a cancel is seen within a step without a Redis call per step on fast hardware.
 MIN_BEAT_INTERVAL_SECONDS = 1.0
@@ -61,6 +71,16 @@ class Engine(Protocol):
     def run(
         self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
     ) -> EngineOutput: ...
+
+
+class _InputsMissing(Exception):
+    """A staged input of the job is no longer in storage."""
+
+    code = INPUTS_MISSING
+
+    def __init__(self, role: str) -> None:
+        self.message = f"The job's {role} input is no longer stored; submit the job again."
+        super().__init__(self.message)
 
 
 class _Interrupted(Exception):
@@ -190,7 +210,7 @@ class JobRunner:
 
         started = time.perf_counter()
         try:
-            inputs = {role: self._storage.get_bytes(staged.key) for role, staged in record.inputs.items()}
+            inputs = self._read_inputs(record)
             fetch_seconds = time.perf_counter() - started
             with tempfile.TemporaryDirectory(prefix="infinitetalk-") as workdir:
                 out_path = Path(workdir) / "video.mp4"
@@ -200,7 +220,9 @@ class JobRunner:
                 self._storage.put_file(key, out_path, "video/mp4")
             timings = {**record.timings, "fetch_inputs": fetch_seconds, **result.timings}
             timings["upload"] = time.perf_counter() - upload_started
-            ended = self._store.complete(request_id, worker_id, key, timings, result.reproducibility)
+            ended = self._settle(
+                lambda: self._store.complete(request_id, worker_id, key, timings, result.reproducibility)
+            )
             if ended is JobStatus.COMPLETED:
                 return self._finished(request_id, ended)
             # Cancelled meanwhile, or another run owns the job now: this run's video must never be shown.
@@ -212,9 +234,10 @@ class JobRunner:
             return None
         except _Interrupted as interruption:
             return self._interrupted(record, worker_id, interruption.beat)
-        except PipelineError as error:
-            # Bad media or settings found late: the job's own fault, so retrying cannot help.
-            if not self._store.fail(request_id, worker_id, JobError(error.code, error.message)):
+        except (PipelineError, _InputsMissing) as error:
+            # Bad media or settings found late, or inputs gone: the job's own fault, retrying cannot help.
+            failure = JobError(error.code, error.message)
+            if not self._settle(lambda: self._store.fail(request_id, worker_id, failure)):
                 return None
             return self._finished(request_id, JobStatus.FAILED)
         except Exception:
@@ -226,22 +249,45 @@ class JobRunner:
     def _interrupted(self, record: JobRecord, worker_id: str, beat: Beat | None) -> JobStatus | None:
         request_id = record.request_id
         if beat is None:
-            if not self._store.release(request_id, worker_id):
+            if not self._settle(lambda: self._store.release(request_id, worker_id)):
                 return None
             logger.info("job %s handed back to the queue (replica stopping)", request_id)
             return JobStatus.IN_QUEUE
         if beat is Beat.CANCEL:
-            if not self._store.finish_cancelled(request_id, worker_id):
+            if not self._settle(lambda: self._store.finish_cancelled(request_id, worker_id)):
                 return None
             return self._finished(request_id, JobStatus.CANCELLED)
         if beat is Beat.TIME_LIMIT:
             limit = self._store.policy.max_run_seconds
             error = JobError(TIME_LIMIT, f"The job ran longer than the {limit:g} s it is allowed.")
-            if not self._store.fail(request_id, worker_id, error):
+            if not self._settle(lambda: self._store.fail(request_id, worker_id, error)):
                 return None
             return self._finished(request_id, JobStatus.FAILED)
         logger.warning("job %s: lease lost mid-run; another execution owns it", request_id)
         return None
+
+    def _read_inputs(self, record: JobRecord) -> dict[str, bytes]:
+        inputs = {}
+        for role, staged in record.inputs.items():
+            try:
+                inputs[role] = self._storage.get_bytes(staged.key)
+            except ObjectNotFound:
+                raise _InputsMissing(role) from None
+        return inputs
+
+    def _settle(self, call: Callable[[], _T]) -> _T:
+        """``call`` (one that ends the job), retried while Redis is unreachable, for up to a lease."""
+        deadline = time.monotonic() + self._store.policy.lease_seconds
+        delay = FIRST_SETTLE_RETRY_SECONDS
+        while True:
+            try:
+                return call()
+            except redis.RedisError as error:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("job store unreachable (%s); retrying in %.1f s", error, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, MAX_SETTLE_RETRY_SECONDS)
 
     def _finished(self, request_id: str, status: JobStatus) -> JobStatus:
         record = self._store.get(request_id)

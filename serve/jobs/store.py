@@ -127,12 +127,6 @@ class JobStore:
         """Webhook deliveries waiting for an attempt or a retry."""
         return int(self._redis.zcard(self.keys.webhook_due))
 
-    def ping(self) -> bool:
-        try:
-            return bool(self._redis.ping())
-        except redis.RedisError:
-            return False
-
     # -- workers --------------------------------------------------------------------------------------------
 
     def claim_next(self, worker_id: str) -> JobRecord | None:

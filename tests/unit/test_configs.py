@@ -148,3 +148,10 @@ def test_the_gpu_configs_run_the_fast_path_and_warm_up_every_api_size():
         model = AppConfig.model_validate(load(name)["applications"][0]["args"]).model
         assert (model.fp8.value, model.attention.value, model.compile) == ("dynamic", "auto", True), name
         assert sorted(model.warmup_shapes()) == sorted(SIZES.values()), name
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "gpu.yaml"])
+def test_an_idempotency_key_is_kept_as_long_as_its_job(name):
+    config = AppConfig.model_validate(load(name)["applications"][0]["args"])
+    policy = config.queue.policy()
+    assert policy.idempotency_seconds > policy.retention_seconds == config.queue.retention_seconds

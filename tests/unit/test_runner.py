@@ -9,6 +9,7 @@ from typing import Any
 
 import av
 import pytest
+import redis
 from api_fixtures import (
     CrashingEngine,
     FailingEngine,
@@ -21,7 +22,7 @@ from api_fixtures import (
 )
 
 from pipeline.errors import ImageError
-from serve.jobs.records import RETRIES_EXHAUSTED, TIME_LIMIT, JobSettings, JobStatus
+from serve.jobs.records import INPUTS_MISSING, RETRIES_EXHAUSTED, TIME_LIMIT, JobSettings, JobStatus
 from serve.jobs.runner import EngineOutput, Inputs, ProgressFn
 from serve.jobs.worker import JobWorker
 
@@ -96,6 +97,33 @@ def test_attempts_run_out_on_a_job_that_crashes_every_time(stack) -> None:
         stack.store.reap()
     record = stack.store.get(request_id)
     assert record.status is JobStatus.FAILED and record.error.code == RETRIES_EXHAUSTED
+
+
+def test_a_redis_blip_as_the_run_ends_does_not_throw_the_finished_run_away(stack, monkeypatch) -> None:
+    request_id = stack.enqueue()
+    complete, calls = stack.store.complete, []
+
+    def reset_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise redis.ConnectionError("Connection reset by peer")
+        return complete(*args, **kwargs)
+
+    monkeypatch.setattr(stack.store, "complete", reset_once)
+    assert stack.claim_and_run(OkEngine()) is JobStatus.COMPLETED
+    record = stack.store.get(request_id)
+    assert len(calls) == 2 and record.attempt == 1
+    assert stack.objects(f"outputs/alpha/{request_id}") == [record.output_key]
+
+
+def test_a_job_whose_inputs_are_gone_fails_at_once(stack) -> None:
+    request_id = stack.enqueue()
+    stack.storage.delete(stack.store.get(request_id).inputs["audio"].key)
+    engine = OkEngine()
+    assert stack.claim_and_run(engine) is JobStatus.FAILED
+    record = stack.store.get(request_id)
+    assert record.error.code == INPUTS_MISSING and "audio" in record.error.message
+    assert (record.attempt, engine.calls) == (1, 0)
 
 
 class StolenEngine:
