@@ -24,6 +24,14 @@ JOB_NAME = "job end-to-end"
 # --mix: weights of job users and status pollers.
 MIXES = {"status-heavy": (1, 4), "balanced": (1, 1), "jobs": (1, 0)}
 
+
+def job_user_count(mix: str, users: int) -> int:
+    """How many of ``users`` run jobs under ``mix``: its share, rounded, and at least one. (Locust's own
+    split by weight rounds 2 users at 1:4 down to no job user, and a run that submits no job loses none.)"""
+    job_weight, poller_weight = MIXES[mix]
+    return max(1, round(users * job_weight / (job_weight + poller_weight)))
+
+
 _TIMESPAN = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 

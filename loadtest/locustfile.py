@@ -64,6 +64,7 @@ from loadtest.entries import (
     STATUS_NAME,
     SUBMIT_NAMES,
     UNKNOWN_NAME,
+    job_user_count,
 )
 from loadtest.hostile_media import counting_video, data_uri
 
@@ -149,8 +150,7 @@ def _configure(environment: Environment, **_: Any) -> None:
         return
     job_weight, poller_weight = MIXES[options.mix]
     JobUser.weight, StatusPollerUser.weight = job_weight, poller_weight
-    if options.job_users:
-        JobUser.fixed_count = options.job_users
+    JobUser.fixed_count = options.job_users or job_user_count(options.mix, options.num_users or 1)
     JobUser.modes = mode_cycle(parse_modes(options.modes))
     LEDGER.open(options.ledger)
 

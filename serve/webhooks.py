@@ -126,8 +126,15 @@ class WebhookDispatcher:
         deliveries = await self._store.claim_deliveries(lease, BATCH)
         async with anyio.create_task_group() as group:
             for delivery in deliveries:
-                group.start_soon(self._attempt, delivery)
+                group.start_soon(self._attempt_alone, delivery)
         return len(deliveries)
+
+    async def _attempt_alone(self, delivery: Delivery) -> None:
+        """One attempt, whose failure cannot cancel the rest of its batch."""
+        try:
+            await self._attempt(delivery)
+        except Exception:  # Redis away mid-attempt: unrecorded, it is claimed again when its lease ends
+            logger.exception("webhook %s: the attempt was not recorded", delivery.webhook_id)
 
     async def _attempt(self, delivery: Delivery) -> None:
         record = await self._store.job_at_event(delivery.request_id, delivery.event_id)
@@ -142,6 +149,11 @@ class WebhookDispatcher:
             error = "" if 200 <= status < 300 else f"the receiver answered HTTP {status}"
         except InputRejected as refused:
             error = refused.reason
+        except Exception as failure:
+            # Not a refusal the guard names: counted like one, so the delivery backs off and is given up
+            # after its window instead of being claimed again every lease.
+            logger.exception("webhook %s: the delivery failed", delivery.webhook_id)
+            error = f"the delivery failed: {type(failure).__name__}: {failure}"
         if not error:
             await self._store.delivery_done(delivery, "delivered")
             return

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from serve.jobs import operations
 from serve.jobs.errors import IdempotencyConflict
@@ -233,10 +234,24 @@ class AsyncJobStore:
         return WebhookSecrets.from_json(_text(await redis.hget(self.keys.webhook_secrets, tenant)))
 
     async def rotate_webhook_secret(self, tenant: str) -> WebhookSecrets:
-        """A new current secret; the old one keeps signing alongside for ``ROTATION_GRACE_SECONDS``."""
-        rotated = (await self.webhook_secrets(tenant)).rotated(self._clock())
-        await self._client().redis.hset(self.keys.webhook_secrets, tenant, rotated.to_json())
-        return rotated
+        """A new current secret; the old one keeps signing alongside for ``ROTATION_GRACE_SECONDS``. Two
+        rotations at once (two replicas) both take effect, one after the other: neither secret handed out
+        is lost."""
+        await self.webhook_secrets(tenant)
+        async with self._client().redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(self.keys.webhook_secrets)
+                    stored = WebhookSecrets.from_json(
+                        _text(await pipe.hget(self.keys.webhook_secrets, tenant))
+                    )
+                    rotated = stored.rotated(self._clock())
+                    pipe.multi()
+                    pipe.hset(self.keys.webhook_secrets, tenant, rotated.to_json())
+                    await pipe.execute()
+                    return rotated
+                except WatchError:
+                    continue  # another rotation (of any tenant) landed in between: read again
 
     async def count(self, metric: str, label: str = "") -> None:
         """Add one to a counter of ``serve.metrics`` (the store's scripts count submits and endings)."""

@@ -4,6 +4,7 @@ running jobs, time limits, retention (also when Redis is full), races, and the r
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -566,6 +567,20 @@ def test_namespaces_are_isolated(redis_conn, clock):
 def test_policy_refuses_bad_settings(options, match):
     with pytest.raises(ValueError, match=match):
         QueuePolicy(**options)
+
+
+def test_beats_that_repeat_the_progress_log_no_change_and_send_no_progress_webhook(store, redis_conn):
+    store.create(replace(job("a" * 32), webhook="https://hooks.example/x", webhook_events="progress"))
+    worker = "replica-1:run1"
+    store.claim_next(worker)
+    events, due = store.keys.events("a" * 32), store.keys.webhook_due
+    logged_before = redis_conn.xlen(events)
+    for eta in (9.0, 8.0, 7.0):  # the lease thread's beats, and steps longer than a beat: only the ETA moves
+        store.heartbeat("a" * 32, worker, progress=0.25, eta_seconds=eta)
+    assert redis_conn.xlen(events) == logged_before + 1 and redis_conn.zcard(due) == 1
+    assert store.get("a" * 32).eta_seconds == 7.0
+    store.heartbeat("a" * 32, worker, progress=0.5, eta_seconds=6.0)
+    assert redis_conn.xlen(events) == logged_before + 2 and redis_conn.zcard(due) == 2
 
 
 def test_every_change_is_logged_in_the_jobs_event_stream_and_deleted_with_it(store, clock, redis_conn):

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from loadtest.client import DrainReport, JobOutcome
+from loadtest.entries import job_user_count
 from loadtest.run import summarise
 
 START = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
@@ -29,3 +30,17 @@ def test_completed_jobs_give_their_seconds_and_failed_ones_their_codes(tmp_path)
     assert summary.server_job_seconds["50%"] == pytest.approx(20.0)
     assert summary.failed_jobs == {"bad": "invalid_audio"}
     assert summary.lost == ["lost"] and not summary.ok
+
+
+@pytest.mark.parametrize(
+    ("mix", "users", "job_users"),
+    [
+        ("status-heavy", 2, 1),
+        ("status-heavy", 4, 1),
+        ("status-heavy", 10, 2),
+        ("balanced", 5, 2),
+        ("jobs", 3, 3),
+    ],
+)
+def test_every_mix_runs_at_least_one_job_user_and_its_share(mix, users, job_users) -> None:
+    assert job_user_count(mix, users) == job_users

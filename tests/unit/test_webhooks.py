@@ -17,6 +17,7 @@ from serve.client import verify_webhook
 from serve.config import WebhooksConfig
 from serve.inputs.errors import InputRejected
 from serve.inputs.fetcher import Fetcher
+from serve.jobs.webhook_secrets import WebhookSecrets
 from serve.webhooks import WebhookDispatcher, retry_delay, webhook_policy
 
 LOCAL = WebhooksConfig(allow_local_http=True, first_retry_seconds=5, retry_window_seconds=60)
@@ -133,6 +134,24 @@ def test_rotation_signs_with_both_secrets_for_a_day(http, stack) -> None:
         assert Webhook(secret).verify(body, headers)["type"] == "cancelled"
 
 
+def test_two_rotations_at_once_both_take_effect(stack, redis_conn, monkeypatch) -> None:
+    """Another replica's rotation lands between this one's read and write: it is not overwritten."""
+    first = anyio.run(stack.async_store.webhook_secrets, "alpha").current
+    rotated = WebhookSecrets.rotated
+    others: list[WebhookSecrets] = []
+
+    def rotated_while_another_replica_rotates(secrets: WebhookSecrets, now: float) -> WebhookSecrets:
+        if not others:
+            others.append(rotated(secrets, now))
+            redis_conn.hset(stack.async_store.keys.webhook_secrets, "alpha", others[0].to_json())
+        return rotated(secrets, now)
+
+    monkeypatch.setattr(WebhookSecrets, "rotated", rotated_while_another_replica_rotates)
+    ours = anyio.run(stack.async_store.rotate_webhook_secret, "alpha")
+    assert (others[0].previous, ours.previous) == (first, others[0].current)
+    assert anyio.run(stack.async_store.webhook_secrets, "alpha") == ours
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
@@ -180,3 +199,34 @@ def test_the_retry_delays_double_up_to_the_cap() -> None:
     assert 4.0 <= delays[0] <= 6.0  # the first retry within about 10 s of the event
     assert all(0.8 * min(5 * 2**i, 600) <= d <= 1.2 * min(5 * 2**i, 600) for i, d in enumerate(delays))
     assert max(delays) <= 720
+
+
+def test_a_delivery_that_raises_is_counted_and_retried_and_spares_the_rest_of_its_batch(
+    http, stack, monkeypatch
+) -> None:
+    receiver = Receiver()
+    post = stack.webhook_targets.post
+
+    async def broken_for_one_target(url, *args, **kwargs):
+        if url.endswith("/broken"):
+            raise RuntimeError("TLS context could not be built")
+        return await post(url, *args, **kwargs)
+
+    monkeypatch.setattr(stack.webhook_targets, "post", broken_for_one_target)
+    try:
+        jobs = [
+            http.post(MODEL_PATH, json={**BODY, "webhook": receiver.url + suffix}, headers=ALPHA).json()[
+                "request_id"
+            ]
+            for suffix in ("/broken", "/fine")
+        ]
+        for request_id in jobs:
+            http.post(f"/v1/requests/{request_id}/cancel", headers=ALPHA)
+        assert dispatch(stack) == 2
+        assert dispatch(stack) == 0  # the failed one waits for its retry, like any failed attempt
+    finally:
+        receiver.close()
+    broken, fine = (http.get(f"/v1/requests/{i}/result", headers=ALPHA).json()["webhook"] for i in jobs)
+    assert (fine["delivered"], len(receiver.received)) == (1, 1)
+    assert (broken["attempts"], broken["delivered"], broken["failed"]) == (1, 0, 0)
+    assert broken["last_error"] == "the delivery failed: RuntimeError: TLS context could not be built"
