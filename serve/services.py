@@ -8,7 +8,6 @@ their own; nothing else differs from production.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -22,6 +21,7 @@ from serve.inputs.fetcher import Fetcher, FetchPolicy
 from serve.inputs.references import InputResolver
 from serve.job_service import JobService
 from serve.jobs.async_store import AsyncJobStore
+from serve.jobs.clock import RedisClock
 from serve.jobs.store import JobStore
 from serve.metrics import MetricsRecorder
 from serve.readiness import ReplicaCounts
@@ -58,8 +58,13 @@ def resolve_redis_url(config: AppConfig) -> str:
 class Services:
     config: AppConfig
     redis_url: str
-    clock: Callable[[], float] = time.time
+    # Default: Redis's clock (``serve.jobs.clock``), the one every replica's leases and deadlines agree on.
+    clock: Callable[[], float] | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+    def __post_init__(self) -> None:
+        if self.clock is None:
+            self.clock = RedisClock.from_url(self.redis_url)
 
     @cached_property
     def redis(self) -> redis.Redis:
