@@ -172,6 +172,8 @@ class JobRunner:
         self._on_finished = on_finished
         self._stopping = threading.Event()
         self._heartbeat: _Heartbeat | None = None
+        self._crashed: str | None = None
+        self._crashed_in_a_row: set[str] = set()
 
     @property
     def running(self) -> bool:
@@ -183,6 +185,12 @@ class JobRunner:
         heartbeat = self._heartbeat
         return heartbeat is not None and heartbeat.stalled
 
+    @property
+    def crashed_jobs_in_a_row(self) -> int:
+        """How many different jobs in a row ended here in an unknown failure (one job crashing on every
+        attempt counts once: the job is the likelier cause then, not the replica)."""
+        return len(self._crashed_in_a_row)
+
     def request_stop(self) -> None:
         """Graceful shutdown: the running job is handed back at its next progress report."""
         self._stopping.set()
@@ -191,12 +199,17 @@ class JobRunner:
         """Execute a job ``worker_id`` claimed; the status it ended in (None: not ours to end any more)."""
         heartbeat = _Heartbeat(self._store, record.request_id, worker_id, self._stall_seconds)
         self._heartbeat = heartbeat
+        self._crashed = None
         heartbeat.start()
         try:
             return self._execute(record, worker_id, heartbeat)
         finally:
             heartbeat.stop()
             self._heartbeat = None
+            if self._crashed is None:
+                self._crashed_in_a_row.clear()
+            else:
+                self._crashed_in_a_row.add(self._crashed)
 
     def _execute(self, record: JobRecord, worker_id: str, heartbeat: _Heartbeat) -> JobStatus | None:
         request_id = record.request_id
@@ -244,6 +257,7 @@ class JobRunner:
             # Unknown failure (OOM, a bug): leave the lease to expire so the reaper retries the job on a
             # fresh execution, bounded by max_attempts.
             logger.exception("job %s attempt %d failed; retried after its lease", request_id, record.attempt)
+            self._crashed = request_id
             return None
 
     def _interrupted(self, record: JobRecord, worker_id: str, beat: Beat | None) -> JobStatus | None:

@@ -21,6 +21,10 @@ logger = logging.getLogger(__name__)
 
 IDLE_WAIT_SECONDS = 2.0
 REDIS_RETRY_SECONDS = 1.0
+# After this many different jobs in a row failed here unexpectedly, the replica is the likelier cause (a
+# GPU gone bad, a CUDA context poisoned by an earlier error): it claims nothing more and says so to its
+# health check, so Serve replaces it instead of it failing every job it can claim.
+CRASHED_JOBS_UNHEALTHY = 3
 
 
 class JobWorker:
@@ -53,7 +57,13 @@ class JobWorker:
             return "the job loop stopped"
         if self._runner.stalled:
             return "the running job stopped making progress"
+        if self._broken:
+            return f"{self._runner.crashed_jobs_in_a_row} different jobs in a row failed here unexpectedly"
         return None
+
+    @property
+    def _broken(self) -> bool:
+        return self._runner.crashed_jobs_in_a_row >= CRASHED_JOBS_UNHEALTHY
 
     def stop(self, drain_seconds: float) -> None:
         """Claim nothing more; let the running job finish for ``drain_seconds``, then hand it back."""
@@ -67,6 +77,9 @@ class JobWorker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if self._broken:
+                self._stop.wait(self._idle_wait)  # until Serve replaces this replica
+                continue
             try:
                 worker_id = new_worker_id(self._replica_id)
                 record = self._store.claim_next(worker_id)

@@ -4,6 +4,7 @@ worker loop that claims jobs."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from api_fixtures import (
 from pipeline.errors import ImageError
 from serve.jobs.records import INPUTS_MISSING, RETRIES_EXHAUSTED, TIME_LIMIT, JobSettings, JobStatus
 from serve.jobs.runner import EngineOutput, Inputs, ProgressFn
-from serve.jobs.worker import JobWorker
+from serve.jobs.worker import CRASHED_JOBS_UNHEALTHY, JobWorker
 
 LEASE = 60.0
 
@@ -311,6 +312,52 @@ def test_the_worker_claims_and_runs_jobs_as_they_come(stack) -> None:
         assert worker.health_problem() is None
     finally:
         worker.stop(drain_seconds=5)
+
+
+def test_a_replica_that_fails_different_jobs_in_a_row_stops_claiming_and_asks_to_be_replaced(stack) -> None:
+    crashing = CrashingEngine()
+    worker = JobWorker(stack.store, stack.runner(crashing), "replica-1", idle_wait_seconds=0.1)
+    ids = [stack.enqueue() for _ in range(CRASHED_JOBS_UNHEALTHY + 1)]
+    worker.start()
+    try:
+        wait_until(lambda: worker.health_problem() is not None, timeout=10)
+        time.sleep(0.5)  # the loop would have claimed the last job by now
+    finally:
+        worker.stop(drain_seconds=1)
+    assert (
+        worker.health_problem()
+        == f"{CRASHED_JOBS_UNHEALTHY} different jobs in a row failed here unexpectedly"
+    )
+    assert crashing.calls == CRASHED_JOBS_UNHEALTHY
+    assert stack.store.get(ids[-1]).status is JobStatus.IN_QUEUE
+
+
+class CrashesUntilMended:
+    """Crashes like ``CrashingEngine`` until ``mended``; then runs like ``OkEngine``."""
+
+    def __init__(self) -> None:
+        self.mended = False
+
+    def run(
+        self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
+    ) -> EngineOutput:
+        if not self.mended:
+            return CrashingEngine().run(settings, inputs, out_path, progress)
+        return OkEngine().run(settings, inputs, out_path, progress)
+
+
+def test_one_job_crashing_on_every_attempt_counts_once_and_a_success_clears_the_count(stack) -> None:
+    engine = CrashesUntilMended()
+    runner = stack.runner(engine)
+    request_id = stack.enqueue()
+    for attempt in (1, 2):
+        runner.run(stack.store.claim_next(f"replica-1:run{attempt}"), f"replica-1:run{attempt}")
+        stack.clock.advance(LEASE + 1)
+        stack.store.reap()
+    assert runner.crashed_jobs_in_a_row == 1 and stack.store.get(request_id).attempt == 2
+    engine.mended = True
+    assert runner.run(stack.store.claim_next("replica-1:run3"), "replica-1:run3") is JobStatus.COMPLETED
+    assert runner.crashed_jobs_in_a_row == 0
 
 
 def test_a_stopping_worker_hands_its_job_back_after_the_drain(stack) -> None:
