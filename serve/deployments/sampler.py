@@ -27,7 +27,7 @@ from pipeline.warmup import warm_up
 from serve.config import AppConfig
 from serve.engine import PipelineEngine
 from serve.jobs.records import JobRecord
-from serve.jobs.runner import JobRunner
+from serve.jobs.runner import DependencyFailed, JobRunner
 from serve.jobs.worker import JobWorker
 from serve.services import Services
 
@@ -104,7 +104,11 @@ class Sampler:
             return response.result(timeout_s=AUDIO_ENCODE_TIMEOUT_SECONDS)
         except TimeoutError:
             response.cancel()
-            raise
+            raise DependencyFailed(
+                f"the audio encoder did not answer within {AUDIO_ENCODE_TIMEOUT_SECONDS:g} s"
+            ) from None
+        except Exception as error:  # its replica died mid-call, or the call raised there
+            raise DependencyFailed(f"the audio encoder failed: {error}") from error
 
     def _record_finished(self, record: JobRecord) -> None:
         metrics = self._services.metrics

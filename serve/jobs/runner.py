@@ -73,6 +73,11 @@ class Engine(Protocol):
     ) -> EngineOutput: ...
 
 
+class DependencyFailed(Exception):
+    """A failure outside this replica (a deployment it called died or did not answer): the job is retried
+    as after any unknown failure, without counting against the replica."""
+
+
 class _InputsMissing(Exception):
     """A staged input of the job is no longer in storage."""
 
@@ -253,11 +258,12 @@ class JobRunner:
             if not self._settle(lambda: self._store.fail(request_id, worker_id, failure)):
                 return None
             return self._finished(request_id, JobStatus.FAILED)
-        except Exception:
+        except Exception as error:
             # Unknown failure (OOM, a bug): leave the lease to expire so the reaper retries the job on a
             # fresh execution, bounded by max_attempts.
             logger.exception("job %s attempt %d failed; retried after its lease", request_id, record.attempt)
-            self._crashed = request_id
+            if not isinstance(error, DependencyFailed):
+                self._crashed = request_id
             return None
 
     def _interrupted(self, record: JobRecord, worker_id: str, beat: Beat | None) -> JobStatus | None:

@@ -24,7 +24,7 @@ from api_fixtures import (
 
 from pipeline.errors import ImageError
 from serve.jobs.records import INPUTS_MISSING, RETRIES_EXHAUSTED, TIME_LIMIT, JobSettings, JobStatus
-from serve.jobs.runner import EngineOutput, Inputs, ProgressFn
+from serve.jobs.runner import DependencyFailed, EngineOutput, Inputs, ProgressFn
 from serve.jobs.worker import CRASHED_JOBS_UNHEALTHY, JobWorker
 
 LEASE = 60.0
@@ -330,6 +330,24 @@ def test_a_replica_that_fails_different_jobs_in_a_row_stops_claiming_and_asks_to
     )
     assert crashing.calls == CRASHED_JOBS_UNHEALTHY
     assert stack.store.get(ids[-1]).status is JobStatus.IN_QUEUE
+
+
+class EncoderGoneEngine:
+    """Fails as the sampler's engine does when the audio encoder it calls died mid-call."""
+
+    def run(
+        self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
+    ) -> EngineOutput:
+        raise DependencyFailed("the audio encoder failed: the actor died unexpectedly")
+
+
+def test_jobs_failed_by_a_deployment_the_replica_called_do_not_count_against_it(stack) -> None:
+    runner = stack.runner(EncoderGoneEngine())
+    for index in range(CRASHED_JOBS_UNHEALTHY):
+        request_id = stack.enqueue()
+        assert runner.run(stack.store.claim_next(f"replica-1:run{index}"), f"replica-1:run{index}") is None
+        assert stack.store.get(request_id).status is JobStatus.IN_PROGRESS  # retried after its lease
+    assert runner.crashed_jobs_in_a_row == 0
 
 
 class CrashesUntilMended:
