@@ -39,8 +39,10 @@ def cap_to_share(device: torch.device, share: float | None) -> int | None:
     there is nothing to cap (a CPU device, no share given, or a whole GPU)."""
     if device.type != "cuda" or share is None:
         return None
-    total = torch.cuda.get_device_properties(device).total_memory
+    # "cuda" alone (model.device unset) means the current device; the cap needs its index.
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
     cap = allocator_cap_bytes(share, total)
     if cap is not None:
-        torch.cuda.set_per_process_memory_fraction(cap / total, device)
+        torch.cuda.set_per_process_memory_fraction(cap / total, index)
     return cap

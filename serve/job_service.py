@@ -140,7 +140,7 @@ class JobService:
             raise
         # Any other failure leaves them: a reply lost (a connection reset, a timeout, the request cancelled)
         # may hide a job that was created and needs them. Unclaimed, they go with the storage sweep.
-        if not created:
+        if accepted.request_id != request_id:
             # Another submit with this key won meanwhile; its record names its own inputs, not these.
             await anyio.to_thread.run_sync(self._unstage, inputs)
         return accepted, created

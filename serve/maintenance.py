@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 from serve.auth import Authenticator
 from serve.jobs.store import JobStore
@@ -36,7 +37,8 @@ class Maintenance:
         self._expire_results()
         self._expire_uploads()
         policy = self._store.policy
-        self._storage.delete_older_than(self._store.now() - policy.retention_seconds - policy.lease_seconds)
+        # Against the objects' modification times, which this host's clock wrote: not the store's clock.
+        self._storage.delete_older_than(time.time() - policy.retention_seconds - policy.lease_seconds)
 
     def _expire_results(self) -> None:
         for request_id in self._store.expired_results():

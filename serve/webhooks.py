@@ -28,6 +28,7 @@ import threading
 from datetime import UTC, datetime
 
 import anyio
+import redis
 from standardwebhooks.webhooks import Webhook
 
 from serve.api.schemas import ResultResponse, StatusResponse
@@ -141,14 +142,16 @@ class WebhookDispatcher:
         if record is None or record.webhook is None:
             await self._store.delivery_done(delivery, "gave_up", error="the job was deleted")
             return
-        secrets = (await self._store.webhook_secrets(delivery.tenant)).signing(self._store.now())
-        body = event_body(delivery.type, record, self._video_url(record))
-        headers = signature_headers(secrets, delivery.webhook_id, datetime.now(UTC), body)
         try:
+            secrets = (await self._store.webhook_secrets(delivery.tenant)).signing(self._store.now())
+            body = event_body(delivery.type, record, self._video_url(record))
+            headers = signature_headers(secrets, delivery.webhook_id, datetime.now(UTC), body)
             status = await self._targets.post(record.webhook, body, headers, field="webhook")
             error = "" if 200 <= status < 300 else f"the receiver answered HTTP {status}"
         except InputRejected as refused:
             error = refused.reason
+        except redis.RedisError:
+            raise  # the store is away: nothing can be recorded; the delivery is claimed again after its lease
         except Exception as failure:
             # Not a refusal the guard names: counted like one, so the delivery backs off and is given up
             # after its window instead of being claimed again every lease.

@@ -20,7 +20,8 @@ import redis
 logger = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 60.0
-# The TIME read blocks its caller (possibly an event loop) at most this long when Redis is away.
+# The TIME read waits at most this long for an answer (name resolution aside) when Redis is away: it runs
+# on its caller, possibly an event loop, once a refresh period.
 TIMEOUT_SECONDS = 0.5
 
 

@@ -32,10 +32,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import redis
+import torch
 
 from pipeline.errors import PipelineError
 from serve.jobs.operations import Beat
@@ -78,6 +80,14 @@ class DependencyFailed(Exception):
     as after any unknown failure, without counting against the replica."""
 
 
+class _RunHealth(Enum):
+    """What a run's ending says of its replica."""
+
+    CLEAN = "clean"  # it ended as jobs end (done, failed by its own inputs, cancelled, handed back)
+    CRASHED = "crashed"  # the generation failed unexpectedly here
+    INCONCLUSIVE = "inconclusive"  # something outside the generation failed (storage, Redis, a dependency)
+
+
 class _InputsMissing(Exception):
     """A staged input of the job is no longer in storage."""
 
@@ -94,6 +104,11 @@ class _Interrupted(Exception):
     def __init__(self, beat: Beat | None) -> None:
         super().__init__(beat.value if beat else "stopping")
         self.beat = beat
+
+
+# Failures of a generation that say nothing against its replica: a stop asked for, the job's own bad input,
+# a deployment it called, and a job that needs more memory than the replica's share (another may have more).
+_NOT_THE_REPLICAS_FAULT = (_Interrupted, PipelineError, DependencyFailed, torch.OutOfMemoryError)
 
 
 class _Heartbeat:
@@ -177,7 +192,7 @@ class JobRunner:
         self._on_finished = on_finished
         self._stopping = threading.Event()
         self._heartbeat: _Heartbeat | None = None
-        self._crashed: str | None = None
+        self._run_health = _RunHealth.CLEAN
         self._crashed_in_a_row: set[str] = set()
 
     @property
@@ -204,17 +219,17 @@ class JobRunner:
         """Execute a job ``worker_id`` claimed; the status it ended in (None: not ours to end any more)."""
         heartbeat = _Heartbeat(self._store, record.request_id, worker_id, self._stall_seconds)
         self._heartbeat = heartbeat
-        self._crashed = None
+        self._run_health = _RunHealth.CLEAN
         heartbeat.start()
         try:
             return self._execute(record, worker_id, heartbeat)
         finally:
             heartbeat.stop()
             self._heartbeat = None
-            if self._crashed is None:
+            if self._run_health is _RunHealth.CRASHED:
+                self._crashed_in_a_row.add(record.request_id)
+            elif self._run_health is _RunHealth.CLEAN:
                 self._crashed_in_a_row.clear()
-            else:
-                self._crashed_in_a_row.add(self._crashed)
 
     def _execute(self, record: JobRecord, worker_id: str, heartbeat: _Heartbeat) -> JobStatus | None:
         request_id = record.request_id
@@ -232,7 +247,7 @@ class JobRunner:
             fetch_seconds = time.perf_counter() - started
             with tempfile.TemporaryDirectory(prefix="infinitetalk-") as workdir:
                 out_path = Path(workdir) / "video.mp4"
-                result = self._engine.run(record.settings, inputs, out_path, progress)
+                result = self._generate(record, inputs, out_path, progress)
                 upload_started = time.perf_counter()
                 key = output_key(record.tenant, request_id, run_token(worker_id))
                 self._storage.put_file(key, out_path, "video/mp4")
@@ -258,12 +273,12 @@ class JobRunner:
             if not self._settle(lambda: self._store.fail(request_id, worker_id, failure)):
                 return None
             return self._finished(request_id, JobStatus.FAILED)
-        except Exception as error:
-            # Unknown failure (OOM, a bug): leave the lease to expire so the reaper retries the job on a
-            # fresh execution, bounded by max_attempts.
+        except Exception:
+            # Unknown failure (OOM, a bug, storage or Redis away): leave the lease to expire so the reaper
+            # retries the job on a fresh execution, bounded by max_attempts.
             logger.exception("job %s attempt %d failed; retried after its lease", request_id, record.attempt)
-            if not isinstance(error, DependencyFailed):
-                self._crashed = request_id
+            if self._run_health is _RunHealth.CLEAN:
+                self._run_health = _RunHealth.INCONCLUSIVE
             return None
 
     def _interrupted(self, record: JobRecord, worker_id: str, beat: Beat | None) -> JobStatus | None:
@@ -285,6 +300,17 @@ class JobRunner:
             return self._finished(request_id, JobStatus.FAILED)
         logger.warning("job %s: lease lost mid-run; another execution owns it", request_id)
         return None
+
+    def _generate(
+        self, record: JobRecord, inputs: Inputs, out_path: Path, progress: ProgressFn
+    ) -> EngineOutput:
+        try:
+            return self._engine.run(record.settings, inputs, out_path, progress)
+        except _NOT_THE_REPLICAS_FAULT:
+            raise
+        except Exception:
+            self._run_health = _RunHealth.CRASHED  # the generation itself failed on this replica
+            raise
 
     def _read_inputs(self, record: JobRecord) -> dict[str, bytes]:
         inputs = {}

@@ -33,18 +33,23 @@ def test_a_share_too_small_to_hold_anything_is_refused_with_the_sizes():
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    """torch.cuda's two calls, answering for an 80 GiB card and recording the caps set."""
-    caps: list[tuple[float, torch.device]] = []
+    """One 80 GiB card, current device 0: only CUDA's start-up and the native call are faked, so torch's
+    own ``set_per_process_memory_fraction`` checks its arguments; the caps it sets are recorded."""
+    caps: list[tuple[float, int]] = []
     card = SimpleNamespace(total_memory=H100_BYTES)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda.memory, "_lazy_init", lambda: None)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: card)
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda *cap: caps.append(cap))
+    monkeypatch.setattr(torch._C, "_cuda_setMemoryFraction", lambda *cap: caps.append(cap), raising=False)
     return caps
 
 
-def test_a_shared_gpu_caps_the_allocator_at_the_share(fake_cuda):
-    device = torch.device("cuda", 0)
+@pytest.mark.parametrize("device", [torch.device("cuda", 0), torch.device("cuda")])
+def test_a_shared_gpu_caps_the_allocator_at_the_share(fake_cuda, device):
+    # "cuda" without an index is what the Sampler gets when model.device is unset (the GPU configs).
     assert cap_to_share(device, 0.5) == 40 * GIB - OUTSIDE_ALLOCATOR_BYTES
-    assert fake_cuda == [((40 * GIB - OUTSIDE_ALLOCATOR_BYTES) / H100_BYTES, device)]
+    assert fake_cuda == [((40 * GIB - OUTSIDE_ALLOCATOR_BYTES) / H100_BYTES, 0)]
 
 
 @pytest.mark.parametrize(("device", "share"), [("cpu", 0.5), ("cuda", None), ("cuda", 1.0)])

@@ -11,6 +11,7 @@ from typing import Any
 import av
 import pytest
 import redis
+import torch
 from api_fixtures import (
     CrashingEngine,
     FailingEngine,
@@ -341,31 +342,67 @@ class EncoderGoneEngine:
         raise DependencyFailed("the audio encoder failed: the actor died unexpectedly")
 
 
-def test_jobs_failed_by_a_deployment_the_replica_called_do_not_count_against_it(stack) -> None:
-    runner = stack.runner(EncoderGoneEngine())
-    for index in range(CRASHED_JOBS_UNHEALTHY):
-        request_id = stack.enqueue()
-        assert runner.run(stack.store.claim_next(f"replica-1:run{index}"), f"replica-1:run{index}") is None
-        assert stack.store.get(request_id).status is JobStatus.IN_PROGRESS  # retried after its lease
-    assert runner.crashed_jobs_in_a_row == 0
-
-
-class CrashesUntilMended:
-    """Crashes like ``CrashingEngine`` until ``mended``; then runs like ``OkEngine``."""
-
-    def __init__(self) -> None:
-        self.mended = False
+class OutOfMemoryEngine:
+    """A job larger than the replica's share of its GPU."""
 
     def run(
         self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
     ) -> EngineOutput:
-        if not self.mended:
-            return CrashingEngine().run(settings, inputs, out_path, progress)
-        return OkEngine().run(settings, inputs, out_path, progress)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+
+def run_new_jobs(stack, runner, count: int) -> None:
+    for _ in range(count):
+        request_id = stack.enqueue()
+        worker_id = f"replica-1:{request_id[:8]}"
+        assert runner.run(stack.store.claim_next(worker_id), worker_id) is None
+        assert stack.store.get(request_id).status is JobStatus.IN_PROGRESS  # retried after its lease
+
+
+@pytest.mark.parametrize("engine", [EncoderGoneEngine(), OutOfMemoryEngine()], ids=["dependency", "oom"])
+def test_jobs_failed_by_a_dependency_or_their_size_do_not_count_against_the_replica(stack, engine) -> None:
+    runner = stack.runner(engine)
+    run_new_jobs(stack, runner, CRASHED_JOBS_UNHEALTHY)
+    assert runner.crashed_jobs_in_a_row == 0
+
+
+@pytest.mark.parametrize("broken", ["get_bytes", "put_file"])
+def test_jobs_failed_by_storage_do_not_count_against_the_replica(stack, monkeypatch, broken) -> None:
+    def unavailable(*args, **kwargs):
+        raise OSError("Transport endpoint is not connected")
+
+    monkeypatch.setattr(stack.storage, broken, unavailable)
+    runner = stack.runner(OkEngine())
+    run_new_jobs(stack, runner, CRASHED_JOBS_UNHEALTHY)
+    assert runner.crashed_jobs_in_a_row == 0
+
+
+def test_a_failure_elsewhere_between_two_crashes_neither_counts_nor_clears_the_count(stack) -> None:
+    engine = SwitchableEngine(CrashingEngine())
+    runner = stack.runner(engine)
+    run_new_jobs(stack, runner, 1)
+    engine.engine = EncoderGoneEngine()
+    run_new_jobs(stack, runner, 1)
+    assert runner.crashed_jobs_in_a_row == 1
+    engine.engine = CrashingEngine()
+    run_new_jobs(stack, runner, 2)
+    assert runner.crashed_jobs_in_a_row == 3
+
+
+class SwitchableEngine:
+    """Runs whichever engine it holds now: one replica's engine as its health changes."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def run(
+        self, settings: JobSettings, inputs: Inputs, out_path: Path, progress: ProgressFn
+    ) -> EngineOutput:
+        return self.engine.run(settings, inputs, out_path, progress)
 
 
 def test_one_job_crashing_on_every_attempt_counts_once_and_a_success_clears_the_count(stack) -> None:
-    engine = CrashesUntilMended()
+    engine = SwitchableEngine(CrashingEngine())
     runner = stack.runner(engine)
     request_id = stack.enqueue()
     for attempt in (1, 2):
@@ -373,7 +410,7 @@ def test_one_job_crashing_on_every_attempt_counts_once_and_a_success_clears_the_
         stack.clock.advance(LEASE + 1)
         stack.store.reap()
     assert runner.crashed_jobs_in_a_row == 1 and stack.store.get(request_id).attempt == 2
-    engine.mended = True
+    engine.engine = OkEngine()
     assert runner.run(stack.store.claim_next("replica-1:run3"), "replica-1:run3") is JobStatus.COMPLETED
     assert runner.crashed_jobs_in_a_row == 0
 

@@ -13,6 +13,7 @@ from api_fixtures import SEED_BODY, OkEngine, build_stack
 from serve.api.schemas import SubmitRequest
 from serve.jobs.errors import QueueFull
 from serve.jobs.records import JobStatus
+from serve.maintenance import Maintenance
 
 REQUEST = SubmitRequest.model_validate(SEED_BODY)
 
@@ -94,5 +95,16 @@ def test_the_submit_that_lost_its_idempotency_key_to_a_concurrent_one_deletes_it
     assert {record.request_id for record, _ in answers} == set(job_ids(stack))
     (request_id,) = job_ids(stack)
     assert sorted(created for _, created in answers) == [False, True]
+    staged = stack.store.get(request_id).inputs
+    assert stack.objects("inputs") == sorted(staged[role].key for role in staged)
+
+
+def test_the_storage_sweep_judges_staged_inputs_by_this_hosts_clock(stack) -> None:
+    """The store's clock is Redis's; the files' times are this host's. With Redis's clock a retention
+    ahead of the host's, a sweep by the store's clock deleted the inputs of a job still queued."""
+    request_id = stack.enqueue()
+    policy = stack.store.policy
+    stack.clock.advance(policy.retention_seconds + policy.lease_seconds + 10)
+    Maintenance(stack.store, stack.storage, stack.authenticator).run_once()
     staged = stack.store.get(request_id).inputs
     assert stack.objects("inputs") == sorted(staged[role].key for role in staged)

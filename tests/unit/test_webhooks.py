@@ -134,6 +134,27 @@ def test_rotation_signs_with_both_secrets_for_a_day(http, stack) -> None:
         assert Webhook(secret).verify(body, headers)["type"] == "cancelled"
 
 
+def test_a_delivery_whose_body_cannot_be_built_is_counted_and_backed_off(http, stack, monkeypatch) -> None:
+    receiver = Receiver()
+    try:
+        body = {**BODY, "webhook": receiver.url, "webhook_events": ["completed"]}
+        request_id = http.post(MODEL_PATH, json=body, headers=ALPHA).json()["request_id"]
+        assert stack.claim_and_run(OkEngine()).value == "completed"
+
+        def presign_fails(key: str, expires_in: int) -> str:
+            raise RuntimeError("the object store refused to sign")
+
+        monkeypatch.setattr(stack.storage, "url_for", presign_fails)
+        assert dispatch(stack) == 1
+        assert dispatch(stack) == 0  # backing off, not claimed again at once
+    finally:
+        receiver.close()
+    monkeypatch.undo()
+    webhook = http.get(f"/v1/requests/{request_id}/result", headers=ALPHA).json()["webhook"]
+    assert (webhook["attempts"], webhook["delivered"], receiver.received) == (1, 0, [])
+    assert webhook["last_error"] == "the delivery failed: RuntimeError: the object store refused to sign"
+
+
 def test_two_rotations_at_once_both_take_effect(stack, redis_conn, monkeypatch) -> None:
     """Another replica's rotation lands between this one's read and write: it is not overwritten."""
     first = anyio.run(stack.async_store.webhook_secrets, "alpha").current
