@@ -103,8 +103,9 @@ def _deployed(
     base_url = f"http://127.0.0.1:{port}"
     http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30.0)
     config = AppConfig.model_validate(app["args"])
-    store = JobStore(redis_server.client(), namespace=config.redis.namespace, policy=config.queue.policy())
-    stack = Stack(base_url=base_url, http=http, store=store, storage_root=tmp / "storage")
+    client = redis_server.client()
+    store = JobStore(client, namespace=config.redis.namespace, policy=config.queue.policy())
+    stack = Stack(base_url=base_url, http=http, store=store, redis=client, storage_root=tmp / "storage")
     try:
         deadline = time.monotonic() + DEPLOY_TIMEOUT_S
         while (state := app_state()) != "RUNNING":

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
 
 from serve.jobs.records import JobRecord, JobStatus
@@ -116,6 +117,7 @@ class Stack:
     base_url: str
     http: httpx.Client
     store: JobStore
+    redis: redis.Redis  # the store's
     storage_root: Path
     submitted: list[str] = field(default_factory=list)
 
@@ -185,6 +187,12 @@ class Stack:
             http.close()
 
     # -- white-box views ---------------------------------------------------------------------------------
+
+    def bring_run_deadline_to(self, request_id: str, deadline: float) -> None:
+        """Fast-forward a running job towards its time limit: its run deadline becomes ``deadline`` (epoch
+        seconds) where the claim wrote it, in the record and the reaper's index (``serve/jobs/keys.py``)."""
+        self.redis.hset(self.store.keys.job(request_id), "run_deadline_at", repr(deadline))
+        self.redis.zadd(self.store.keys.prefix + "deadlines", {request_id: deadline})
 
     def record(self, request_id: str) -> JobRecord:
         record = self.store.get(request_id)
