@@ -20,7 +20,8 @@ The call that ends the job (``complete``, ``fail``, ...) is retried through a Re
 each is safe to repeat, and giving up would throw a finished run away and leave its video behind.
 
 Every run writes its video under its own key; ``complete`` records which run won, and a run that loses
-(its lease moved on while it uploaded) deletes its object, so a job's output never changes once shown.
+(its lease moved on while it uploaded) deletes its object, so a job's output never changes once shown. The
+winner deletes what a run killed between its upload and its ``complete`` left under the job.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from pipeline.errors import PipelineError
 from serve.jobs.operations import Beat
 from serve.jobs.records import INPUTS_MISSING, TIME_LIMIT, JobError, JobRecord, JobSettings, JobStatus
 from serve.jobs.store import JobStore
-from serve.storage import ObjectNotFound, ObjectStore, output_key
+from serve.storage import ObjectNotFound, ObjectStore, output_key, outputs_of
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -257,6 +258,7 @@ class JobRunner:
                 lambda: self._store.complete(request_id, worker_id, key, timings, result.reproducibility)
             )
             if ended is JobStatus.COMPLETED:
+                self._delete_other_runs_outputs(record, key)
                 return self._finished(request_id, ended)
             # Cancelled meanwhile, or another run owns the job now: this run's video must never be shown.
             self._storage.delete(key)
@@ -311,6 +313,19 @@ class JobRunner:
         except Exception:
             self._run_health = _RunHealth.CRASHED  # the generation itself failed on this replica
             raise
+
+    def _delete_other_runs_outputs(self, record: JobRecord, published: str) -> None:
+        """What earlier runs of the job left in storage: a run killed between its upload and its
+        ``complete`` leaves a video no record names (one that lost its lease deletes its own)."""
+        try:
+            for key in self._storage.keys_under(outputs_of(record.tenant, record.request_id)):
+                if key != published:
+                    self._storage.delete(key)
+                    logger.info(
+                        "job %s: deleted %s, an earlier run's unpublished video", record.request_id, key
+                    )
+        except Exception:  # best effort: the storage sweep removes it after the retention
+            logger.warning("job %s: earlier runs' outputs not cleaned up", record.request_id, exc_info=True)
 
     def _read_inputs(self, record: JobRecord) -> dict[str, bytes]:
         inputs = {}

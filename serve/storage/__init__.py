@@ -30,7 +30,7 @@ from serve.storage.errors import (
     ObjectNotFound,
     StorageError,
 )
-from serve.storage.keys import input_key, output_key, upload_key, validate_key
+from serve.storage.keys import input_key, output_key, outputs_of, upload_key, validate_key
 from serve.storage.local import DOWNLOAD_PATH, MAX_URL_SECONDS, LocalStorage
 from serve.storage.s3 import S3Credentials, S3Storage
 from serve.storage.signing import SigningKeys
@@ -61,6 +61,7 @@ __all__ = [
     "input_key",
     "load_or_create_signing_key",
     "output_key",
+    "outputs_of",
     "upload_key",
     "validate_key",
 ]
@@ -84,6 +85,9 @@ class ObjectStore(Protocol):
     def open_download(self, key: str, query: Mapping[str, str]) -> Path:
         """The file a download link of this server points to (``DownloadsNotServed`` where the backend
         serves downloads itself)."""
+
+    def keys_under(self, prefix: str) -> list[str]:
+        """The keys of the objects under ``prefix`` (a key's leading segments), sorted."""
 
     def delete_older_than(self, cutoff: float) -> int:
         """Delete what was written before ``cutoff``; how many objects went."""

@@ -38,11 +38,15 @@ def input_key(tenant: str, request_id: str, role: str) -> str:
     )
 
 
+def outputs_of(tenant: str, request_id: str) -> str:
+    """``outputs/{tenant}/{request_id}``: where every run of one job writes its output."""
+    return f"outputs/{_segment(tenant, 'tenant')}/{_segment(request_id, 'request id')}"
+
+
 def output_key(tenant: str, request_id: str, run: str) -> str:
     """``outputs/{tenant}/{request_id}/{run}/video.mp4``: each run of a job writes its own object, so a run
     that lost its lease can never overwrite the output of the run that won."""
-    job = f"{_segment(tenant, 'tenant')}/{_segment(request_id, 'request id')}"
-    return f"outputs/{job}/{_segment(run, 'run')}/video.mp4"
+    return f"{outputs_of(tenant, request_id)}/{_segment(run, 'run')}/video.mp4"
 
 
 def upload_key(tenant: str, file_id: str) -> str:

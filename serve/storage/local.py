@@ -133,6 +133,16 @@ class LocalStorage:
 
     # -- retention -----------------------------------------------------------------------------------------
 
+    def keys_under(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(
+            path.relative_to(self.root).as_posix()
+            for path in base.rglob("*")
+            if path.is_file() and not path.name.startswith(".")  # a write in progress: not an object yet
+        )
+
     def delete_older_than(self, cutoff: float) -> int:
         """Delete objects last written before ``cutoff`` (epoch seconds) and the directories left empty: the
         backstop for objects no record names any more (a run that crashed after its upload)."""

@@ -110,6 +110,13 @@ class S3Storage:
     def open_download(self, key: str, query: Mapping[str, str]) -> Path:
         raise DownloadsNotServed()
 
+    def keys_under(self, prefix: str) -> list[str]:
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._object(prefix) + "/"
+        )
+        found = (item["Key"][len(self._prefix) :] for page in pages for item in page.get("Contents", ()))
+        return sorted(found)
+
     def delete_older_than(self, cutoff: float) -> int:
         return 0
 

@@ -27,6 +27,7 @@ from pipeline.errors import ImageError
 from serve.jobs.records import INPUTS_MISSING, RETRIES_EXHAUSTED, TIME_LIMIT, JobSettings, JobStatus
 from serve.jobs.runner import DependencyFailed, EngineOutput, Inputs, ProgressFn
 from serve.jobs.worker import CRASHED_JOBS_UNHEALTHY, JobWorker
+from serve.storage import output_key
 
 LEASE = 60.0
 
@@ -116,6 +117,15 @@ def test_a_redis_blip_as_the_run_ends_does_not_throw_the_finished_run_away(stack
     record = stack.store.get(request_id)
     assert len(calls) == 2 and record.attempt == 1
     assert stack.objects(f"outputs/alpha/{request_id}") == [record.output_key]
+
+
+def test_the_winning_run_deletes_the_video_a_killed_run_left_unpublished(stack) -> None:
+    request_id = stack.enqueue()
+    # A replica killed between its upload and its complete (attempt 1) left this; no record names it.
+    orphan = output_key("alpha", request_id, "killedrun")
+    stack.storage.put_bytes(orphan, b"an unpublished video", "video/mp4")
+    assert stack.claim_and_run(OkEngine()) is JobStatus.COMPLETED
+    assert stack.objects(f"outputs/alpha/{request_id}") == [stack.store.get(request_id).output_key]
 
 
 def test_a_job_whose_inputs_are_gone_fails_at_once(stack) -> None:

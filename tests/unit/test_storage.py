@@ -31,6 +31,7 @@ from serve.storage import (
     input_key,
     load_or_create_signing_key,
     output_key,
+    outputs_of,
     upload_key,
     validate_key,
 )
@@ -501,3 +502,27 @@ def test_build_s3_storage(aws: Any) -> None:
     assert "X-Amz-Credential=AKIDBUILD%2F" in storage.url_for(KEY, 60)
     with pytest.raises(ValueError, match=r"needs storage\.bucket"):
         StorageConfig(kind="s3")
+
+
+def runs_of_one_job(storage: Any) -> list[str]:
+    """Two runs' outputs of job req123, another job's, and an input of req123: what ``keys_under`` sorts."""
+    runs = [output_key("tenantA", "req123", run) for run in ("run2", "run1")]
+    for key in [*runs, output_key("tenantA", "req1234", "run1"), "inputs/tenantA/req123/image"]:
+        storage.put_bytes(key, b"v", "video/mp4")
+    return sorted(runs)
+
+
+def test_keys_under_a_prefix_local(local: LocalStorage) -> None:
+    runs = runs_of_one_job(local)
+    (local.root / "outputs/tenantA/req123/run3").mkdir()
+    (local.root / "outputs/tenantA/req123/run3/.video.mp4.x.tmp").write_bytes(b"half")  # being written
+    assert local.keys_under(outputs_of("tenantA", "req123")) == runs
+    assert local.keys_under(outputs_of("tenantA", "nothing")) == []
+    with pytest.raises(InvalidStorageKey):
+        local.keys_under("../outside")
+
+
+def test_keys_under_a_prefix_s3(s3: S3Storage) -> None:
+    runs = runs_of_one_job(s3)
+    assert s3.keys_under(outputs_of("tenantA", "req123")) == runs
+    assert s3.keys_under(outputs_of("tenantA", "nothing")) == []
