@@ -208,8 +208,8 @@ class JobRunner:
 
     @property
     def crashed_jobs_in_a_row(self) -> int:
-        """How many different jobs in a row ended here in an unknown failure (one job crashing on every
-        attempt counts once: the job is the likelier cause then, not the replica)."""
+        """How many different jobs in a row had their generation fail unexpectedly here (one job crashing
+        on every attempt counts once: the job is the likelier cause then, not the replica)."""
         return len(self._crashed_in_a_row)
 
     def request_stop(self) -> None:
