@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 DOWNLOAD_PATH = "/v1"
 # S3 refuses presigned URLs valid for longer than 7 days; the local links keep the same bound.
 MAX_URL_SECONDS = 7 * 24 * 3600
+_CREATE_TRIES = 3
 _EXPIRES = re.compile(r"^[0-9]{1,12}\Z")
 
 
@@ -78,17 +79,29 @@ class LocalStorage:
 
     def _write(self, key: str, fill: Callable[[Any], object]) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._path(key)  # re-check: mkdir may have walked through a directory symlink planted meanwhile
         # Write then rename, so readers never see half a file; the temp name starts with a dot, which no
         # key segment can, so it never collides with an object.
         temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
         try:
-            with open(temp, "xb") as handle:
+            with self._create(key, temp) as handle:
                 fill(handle)
             os.replace(temp, path)
         finally:
             temp.unlink(missing_ok=True)
+
+    def _create(self, key: str, temp: Path) -> Any:
+        """``temp`` opened for writing, its folders made. The retention sweep removes empty folders, so one
+        made here can go before the file is in it: then they are made again."""
+        tries = 0
+        while True:
+            tries += 1
+            temp.parent.mkdir(parents=True, exist_ok=True)
+            self._path(key)  # re-check: mkdir may have walked through a directory symlink planted meanwhile
+            try:
+                return open(temp, "xb")
+            except FileNotFoundError:
+                if tries == _CREATE_TRIES:
+                    raise
 
     def get_bytes(self, key: str) -> bytes:
         try:

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 import serve.storage
+import serve.storage.local as local_module
 from serve.api.errors import api_error_from
 from serve.config import StorageConfig
 from serve.storage import (
@@ -526,3 +527,17 @@ def test_keys_under_a_prefix_s3(s3: S3Storage) -> None:
     runs = runs_of_one_job(s3)
     assert s3.keys_under(outputs_of("tenantA", "req123")) == runs
     assert s3.keys_under(outputs_of("tenantA", "nothing")) == []
+
+
+def test_a_write_whose_new_folder_the_sweep_removed_makes_it_again(local: LocalStorage, monkeypatch) -> None:
+    real_open, opened = open, []
+
+    def sweep_first(path, mode="r", *args, **kwargs):
+        if mode == "xb" and not opened:  # the retention sweep's rmdir lands between mkdir and open
+            opened.append(path)
+            Path(path).parent.rmdir()
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(local_module, "open", sweep_first, raising=False)
+    local.put_bytes(KEY, b"video", "video/mp4")
+    assert len(opened) == 1 and local.get_bytes(KEY) == b"video"
