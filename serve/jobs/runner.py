@@ -89,14 +89,13 @@ class _RunHealth(Enum):
     INCONCLUSIVE = "inconclusive"  # something outside the generation failed (storage, Redis, a dependency)
 
 
-class _InputsMissing(Exception):
-    """A staged input of the job is no longer in storage."""
+class _InputsMissing(PipelineError):
+    """A staged input of the job is no longer in storage: like bad media, no run of the job can succeed."""
 
     code = INPUTS_MISSING
 
     def __init__(self, role: str) -> None:
-        self.message = f"The job's {role} input is no longer stored; submit the job again."
-        super().__init__(self.message)
+        super().__init__(f"The job's {role} input is no longer stored; submit the job again.")
 
 
 class _Interrupted(Exception):
@@ -269,7 +268,7 @@ class JobRunner:
             return None
         except _Interrupted as interruption:
             return self._interrupted(record, worker_id, interruption.beat)
-        except (PipelineError, _InputsMissing) as error:
+        except PipelineError as error:
             # Bad media or settings found late, or inputs gone: the job's own fault, retrying cannot help.
             failure = JobError(error.code, error.message)
             if not self._settle(lambda: self._store.fail(request_id, worker_id, failure)):
